@@ -120,6 +120,11 @@ def bench(json_out: bool = typer.Option(False, "--json", help="print one JSON ob
             typer.echo(f"{k:24s} {v}")
 
 
+def _interrupted() -> None:
+    typer.echo("interrupted: finished runs are kept and will be reused", err=True)
+    sys.exit(130)
+
+
 def main() -> None:
     try:
         code = app(standalone_mode=False)
@@ -127,8 +132,7 @@ def main() -> None:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        typer.echo("interrupted: finished runs are kept and will be reused", err=True)
-        sys.exit(130)
+        _interrupted()
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:  # click usage errors
@@ -137,9 +141,11 @@ def main() -> None:
         if isinstance(exc, click.exceptions.ClickException):
             exc.show()
             sys.exit(2)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
+        if isinstance(exc, click.exceptions.Abort):  # click's form of Ctrl-C
+            _interrupted()
         raise
+    if code == 130:  # typer's way of reporting Ctrl-C without standalone mode
+        _interrupted()
     if isinstance(code, int) and code:
         sys.exit(code)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from dlscope import data, models, plotting
 from dlscope.config import ExperimentConfig
@@ -45,6 +45,19 @@ class Config(ExperimentConfig):
     converge_rel: float = Field(1e-3, gt=0, description="converged: plateau, relative gain")
     converge_window: int = Field(2000, ge=1, description="epochs the plateau rule looks back")
     seed: int = 0
+
+    @field_validator("functions")
+    @classmethod
+    def _known_functions(cls, value: list[str]) -> list[str]:
+        from dlscope.data.functions import resolve
+        from dlscope.errors import UserError
+
+        for spec in value:
+            try:
+                resolve(spec)
+            except UserError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
 
 PROFILES = {"quick": {"epochs": 3000, "n_train": 400, "converge_window": 1000}}
