@@ -1,0 +1,147 @@
+"""ε-sharpness of a minimum (Keskar et al. 2017, arXiv:1609.04836, metric 2.1), full space.
+
+With θ the flattened parameters and the box ``C_ε = {z : |z_i| ≤ ε(|θ_i| + 1)}``::
+
+    φ = (max_{z ∈ C_ε} L(θ + z) − L(θ)) / (1 + L(θ)) × 100
+
+on the (fixed) data the caller passes.  The max is approximated as in the paper by a few
+iterations of L-BFGS-B (``scipy.optimize.minimize`` on ``−L(θ + z)`` with its exact
+gradient, float64 vectors in and out, box bounds).  Loss and gradient come from
+``torch.func.functional_call`` on a parameter copy, in eval mode, so the model itself is
+never modified (its train/eval flags are restored as found).
+
+Pitfalls handled here:
+
+* scipy's default stopping rule ``gtol=1e-5`` on the projected gradient would end the
+  search at iteration 0 for a well-trained model whose gradient entries are all tiny and
+  report φ = 0; the tolerances are set to 0 so that only ``max_iter`` (or a failed line
+  search) stops it.
+* At an exact stationary point (gradient ~0 at z = 0) L-BFGS-B cannot move at all; then the
+  search starts from a small seeded random point of the box (``seed``) instead.
+* A loss that overflows inside the box ends the search with φ = inf (iterations = -1).
+* The reported max is the largest loss actually evaluated (every L-BFGS-B iterate lies in
+  the box), so it is a valid lower bound on the true max and never below L(θ).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from scipy.optimize import Bounds, minimize
+from torch import nn
+from torch.func import functional_call
+
+from dlscope.errors import UserError
+from dlscope.metrics.sensitivity import eval_mode
+
+__all__ = ["sharpness"]
+
+
+class _NonFinite(Exception):
+    """Raised inside the search when L(θ + z) is inf/nan: the max over the box is +inf."""
+
+
+# The gradient at z = 0 counts as "~0" when its first-order gain over the whole box,
+# Σ_i |g_i| w_i, is below this fraction of (1 + L(θ)).
+_FLAT_START = 1e-10
+# Size of the random start, as a fraction of each coordinate's box half-width.
+_RANDOM_START_SCALE = 0.1
+
+
+def sharpness(
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epsilon: float = 1e-3,
+    max_iter: int = 10,
+    seed: int = 0,
+) -> dict:
+    """Keskar et al.'s ε-sharpness φ of ``model`` on ``(x, y)``.
+
+    Returns ``{"sharpness": φ, "loss": L(θ), "max_loss": max L found, "epsilon": ε,
+    "iterations": L-BFGS-B iterations run}``, all plain Python numbers.  ``loss_fn(output,
+    target)`` must return the (mean) loss of the batch as a scalar tensor.
+    """
+    if not (isinstance(epsilon, (int, float)) and np.isfinite(epsilon) and epsilon > 0):
+        raise UserError(f"epsilon must be a positive number, got {epsilon!r}")
+    if not isinstance(max_iter, int) or max_iter < 1:
+        raise UserError(f"max_iter must be a positive integer, got {max_iter!r}")
+    if x.shape[0] != y.shape[0]:
+        raise UserError(f"x and y differ in length: {x.shape[0]} vs {y.shape[0]}")
+    named = [(k, p) for k, p in model.named_parameters()]
+    if not named:
+        raise UserError("the model has no parameters")
+    names = [k for k, _ in named]
+    shapes = [p.shape for _, p in named]
+    dtypes = [p.dtype for _, p in named]
+    sizes = [p.numel() for _, p in named]
+    device = named[0][1].device
+    theta = np.concatenate(
+        [p.detach().cpu().to(torch.float64).reshape(-1).numpy() for _, p in named]
+    )
+    width = epsilon * (np.abs(theta) + 1.0)  # half-widths of the box C_ε
+    buffers = {k: b.detach() for k, b in model.named_buffers()}
+    x = x.detach()
+    y = y.detach()
+
+    def loss_and_grad(z: np.ndarray) -> tuple[float, np.ndarray]:
+        flat = torch.from_numpy(theta + np.clip(z, -width, width))  # stay inside C_ε
+        params = {}
+        for name, chunk, shape, dtype in zip(names, flat.split(sizes), shapes, dtypes):
+            params[name] = chunk.reshape(shape).to(device=device, dtype=dtype).requires_grad_()
+        with torch.enable_grad():
+            loss = loss_fn(functional_call(model, (params, buffers), (x,)), y)
+            grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        g = np.concatenate(
+            [
+                np.zeros(n)
+                if gi is None
+                else gi.detach().cpu().to(torch.float64).reshape(-1).numpy()
+                for gi, n in zip(grads, sizes)
+            ]
+        )
+        return float(loss.detach()), g
+
+    best = {"loss": -np.inf}
+
+    def objective(z: np.ndarray) -> tuple[float, np.ndarray]:
+        value, g = loss_and_grad(z)
+        if not np.isfinite(value):
+            best["loss"] = np.inf
+            raise _NonFinite
+        best["loss"] = max(best["loss"], value)
+        return -value, -g
+
+    with eval_mode(model):
+        loss0, g0 = loss_and_grad(np.zeros_like(theta))
+        if not np.isfinite(loss0):
+            raise UserError(f"the loss of the model itself is not finite: {loss0}")
+        best["loss"] = loss0
+        z0 = np.zeros_like(theta)
+        if float(np.abs(g0) @ width) <= _FLAT_START * (1.0 + abs(loss0)):
+            rng = np.random.default_rng(seed)
+            z0 = _RANDOM_START_SCALE * width * rng.uniform(-1.0, 1.0, size=theta.shape)
+        try:
+            res = minimize(
+                objective,
+                z0,
+                jac=True,
+                method="L-BFGS-B",
+                bounds=Bounds(-width, width),
+                options={"maxiter": max_iter, "maxfun": 20 * max_iter + 20, "gtol": 0, "ftol": 0},
+            )
+            iterations = int(res.nit)
+        except _NonFinite:  # the loss overflows inside the box: φ = inf
+            iterations = -1
+    max_loss = float(best["loss"])
+    phi = (max_loss - loss0) / (1.0 + loss0) * 100.0
+    return {
+        "sharpness": float(phi),
+        "loss": float(loss0),
+        "max_loss": float(max_loss),
+        "epsilon": float(epsilon),
+        "iterations": iterations,
+    }
