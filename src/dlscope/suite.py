@@ -38,12 +38,8 @@ def run_all(*, profile: str, out, log=print, **options) -> list[str]:
                             "wall_s": round(time.perf_counter() - t, 2)}
     write_json(out / "suite.json", {"profile": profile, "wall_s": round(time.perf_counter() - t0, 2),
                                     "experiments": status})
-    try:
-        from dlscope.report import build_report
+    from dlscope.report import build_report
 
-        path = build_report(out)
-        log(f"report: {path}")
-    except ImportError:
-        log("report: not available in this version")
+    log(f"report: {build_report(out)}")
     log(f"all: {len(status)} experiments in {time.perf_counter() - t0:.1f} s")
     return [n for n, s in status.items() if s["status"] != "ok"]
