@@ -89,11 +89,14 @@ def resolve_fn(path: str):
     return getattr(importlib.import_module(module), name)
 
 
-def execute(specs: list[RunSpec]) -> list[RunResult]:
-    """Run specs in this process: as one ensemble when the module offers `<fn>_many`."""
+def execute(specs: list[RunSpec], context=RunContext) -> list[RunResult]:
+    """Run specs in this process: as one ensemble when the module offers `<fn>_many`.
+
+    `context(device=, threads=)` makes the RunContext (the Ray executor passes one whose
+    `dataset()` reads the sweep's shared copy from the object store)."""
     first = specs[0]
     torch.set_num_threads(first.threads)
-    ctx = RunContext(device=torch.device(first.device), threads=first.threads)
+    ctx = context(device=torch.device(first.device), threads=first.threads)
     module, _, name = first.fn.partition(":")
     many = getattr(importlib.import_module(module), name + "_many", None)
     if many is not None and len(specs) > 1:

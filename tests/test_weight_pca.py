@@ -1,0 +1,121 @@
+"""weight-pca: a shrunk quick run (tables, figures, summary, reload) checked against the
+stored snapshots: joint PCA, the Li et al. plane's origin, the initial weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import dlscope
+from dlscope import config as configs
+from dlscope import experiments, models
+from dlscope.data import MnistOptions, mnist_dataset
+from dlscope.engine import evaluate, seeded_model
+from dlscope.errors import UserError
+from dlscope.metrics.trajectory import flat_params, pca
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread (the machine is shared; faster and steadier), restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+EXP = experiments.get("weight-pca")
+SMALL = {"runs": 2, "epochs": 2, "every": 1, "train_subset": 800, "eval_subset": 500,
+         "landscape_subset": 300, "grid": 21}
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wp")
+    return dlscope.run("weight-pca", profile="quick", out=out, executor="local", threads=1,
+                       **SMALL)
+
+
+def _arrays(result) -> list[dict]:
+    runs = []
+    for d in sorted((result.path / "runs").iterdir()):
+        with np.load(d / "arrays.npz") as z:
+            runs.append({k: z[k] for k in z.files})
+    return sorted(runs, key=lambda a: "plane_loss" not in a)  # run 0 (with the plane) first
+
+
+def test_writes_every_table_figure_and_summary(result):
+    for f in ("points.csv", "landscape.csv", "trajectory.csv", "variance.csv", "results.csv",
+              "summary.json", "figures/pca_model.png", "figures/pca_layer1.png",
+              "figures/landscape.png"):
+        assert (result.path / f).is_file(), f
+    pts = result.tables["points"]
+    assert list(pts.columns) == ["scope", "run", "epoch", "pc1", "pc2", "train_loss",
+                                 "train_acc", "test_acc"]
+    assert len(pts) == 2 * 2 * 3 and sorted(pts.epoch.unique()) == [0, 1, 2]
+    land = result.tables["landscape"]
+    assert list(land.columns) == ["alpha", "beta", "loss"]
+    assert land.alpha.nunique() >= 21 and land.beta.nunique() >= 21
+    traj = result.tables["trajectory"]
+    assert traj.epoch.tolist() == [0, 1, 2] and (traj.iloc[-1][["alpha", "beta"]] == 0).all()
+    var = result.tables["variance"].set_index("scope")
+    assert set(var.index) == {"model", "layer1", "trajectory"}
+    assert ((var.pc12 > 0) & (var.pc12 <= 1 + 1e-9)).all()
+    obs = result.summary["observations"]
+    assert len(obs) >= 4 and any("Li et al." in o for o in obs)
+    back = dlscope.load(result.path)
+    assert set(back.figures) == {"pca_model", "pca_layer1", "landscape"}
+
+
+def test_points_are_the_joint_pca_of_the_stored_snapshots(result):
+    runs = _arrays(result)
+    assert all(a["snapshots"].dtype == np.float32 and a["snapshots"].shape[0] == 3 for a in runs)
+    pts = result.tables["points"]
+    for scope, sl in (("model", slice(None)), ("layer1", slice(0, 784 * 128))):
+        proj, _, ratio, _ = pca(np.concatenate([a["snapshots"][:, sl] for a in runs]), 2)
+        got = pts[pts.scope == scope].sort_values(["run", "epoch"])[["pc1", "pc2"]].to_numpy()
+        np.testing.assert_allclose(got, proj, rtol=1e-5, atol=1e-5)
+        var = result.tables["variance"].set_index("scope").loc[scope]
+        np.testing.assert_allclose([var.pc1, var.pc2], ratio, rtol=1e-9)
+
+
+def test_epoch0_snapshot_is_the_seeded_init_and_runs_differ(result):
+    runs = _arrays(result)
+    spec = models.parse_model("mlp-pca")
+    inits = [flat_params(seeded_model(lambda: models.build(spec), s)).numpy() for s in (0, 1)]
+    np.testing.assert_array_equal(runs[0]["snapshots"][0], inits[0])  # run 0: seed 0
+    np.testing.assert_array_equal(runs[1]["snapshots"][0], inits[1])  # run 1: seed 1
+    assert not np.array_equal(inits[0], inits[1])
+
+
+def test_plane_origin_is_the_final_models_loss_on_the_subset(result):
+    a = _arrays(result)[0]
+    model = models.build("mlp-pca")
+    torch.nn.utils.vector_to_parameters(torch.from_numpy(a["snapshots"][-1]), model.parameters())
+    ds = mnist_dataset(MnistOptions(flatten=True, train_subset=800))
+    idx = torch.from_numpy(EXP.eval_indices(800, 500, 0)[:300])
+    ref, _ = evaluate(model, ds.x_train[idx], ds.y_train[idx], classification=True)
+    land = result.tables["landscape"]
+    origin = land[(land.alpha == 0) & (land.beta == 0)]
+    assert len(origin) == 1 and origin.loss.iloc[0] == pytest.approx(ref, rel=1e-5)
+    np.testing.assert_allclose(a["plane_loss"].shape, (land.alpha.nunique(), land.beta.nunique()))
+
+
+def test_assignment_profile_and_runspecs():
+    cfg = configs.resolve(EXP, "assignment")
+    assert (cfg.runs, cfg.epochs, cfg.every, cfg.batch_size, cfg.lr) == (8, 24, 3, 64, 1e-3)
+    specs = EXP.runs(cfg)
+    assert len(specs) == 8 and {s.group for s in specs} == {"mlp"}
+    assert len({s.params["seed"] for s in specs}) == 8 and len({s.hash for s in specs}) == 8
+    assert EXP.snapshot_epochs(24, 3) == [0, 3, 6, 9, 12, 15, 18, 21, 24]
+    assert EXP.snapshot_epochs(5, 2) == [0, 2, 4, 5]
+
+
+@pytest.mark.parametrize("bad", [{"every": 5, "epochs": 4}, {"model": "cnn-a"},
+                                 {"model": "mlp:10-4-10"}, {"epochs": 1, "every": 1},
+                                 {"runs": 0}, {"annotate": "loss"}])
+def test_bad_config_is_a_user_error(bad, tmp_path):
+    with pytest.raises(UserError):
+        dlscope.run("weight-pca", profile="quick", out=tmp_path / "o", **bad)
+    assert not (tmp_path / "o").exists()
