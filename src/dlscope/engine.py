@@ -5,6 +5,26 @@ per-sample Python and no DataLoader. Losses of every step are kept in a prealloc
 and read once per epoch, which gives the divergence step and the per-step curve with one
 host sync per epoch. Evaluation runs in large batches under `torch.inference_mode`.
 
+Per-step overhead, not arithmetic, dominates small trainings on a CPU, so a step does only
+what it must (profile and figures: `dlscope bench`, docs in src/dlscope/bench.py):
+- a plain MLP (`nn.Sequential` of Linear and ReLU/Tanh/Sigmoid/GELU layers, as
+  `models.build` makes them; no hooks) is stepped without autograd: forward with addmm, the
+  backward written out with the very ATen kernels autograd would call, gradients written in
+  place into preallocated `.grad` tensors. Same numbers as the autograd path (bit for bit on
+  this build; tests/test_engine.py compares them). With the two points below, an MNIST
+  epoch of the 784-128-64-10 MLP (batch 64, Adam, 1 thread) went from 2.82 s to 1.26 s on
+  the shared 2-core machine, against a FLOP floor of 1.02 s there (medians of 3, interleaved);
+- the optimizer is torch's fused Adam/SGD kernel called directly (`_FusedOptimizer`), the
+  same arithmetic as `torch.optim.Adam(fused=True)` without `Optimizer.step`'s Python;
+- batches are `index_select` of per-epoch `perm.split(bs)` views; the step's loss and
+  argmax are written into preallocated per-epoch buffers (no per-step host sync);
+- `tune_malloc()` (called by `train`, once per process) keeps freed blocks below 32 MB in
+  glibc's heap: a CNN step's multi-MB activations are then reused instead of being mmapped
+  and page-faulted afresh every step (cnn-b: 15-35% less time a step, measured).
+Every other model (CNNs, anything with hooks) takes the autograd path. `train(fast=False)`
+forces it (for tests and comparisons); `train(compile=True)` opts into `torch.compile` of
+the model on that path (measured, not a default: see bench.py).
+
 Stopping rules (the first that fires ends training; `TrainResult` records which and when):
 - `epochs`: the budget;
 - `converge_loss`: training loss below this value ("converged: loss < threshold");
@@ -15,10 +35,15 @@ Stopping rules (the first that fires ends training; `TrainResult` records which 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import math
+import os
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -76,6 +101,213 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
                            weight_decay=cfg.weight_decay, **kind)
 
 
+_MALLOC_TUNED = False
+
+
+def tune_malloc() -> bool:
+    """Once per process, on glibc: serve blocks below 32 MB from the heap and trim it only
+    above 256 MB of free memory (mallopt M_MMAP_THRESHOLD / M_TRIM_THRESHOLD), instead of
+    glibc's default of mmapping large blocks and returning them at free, which makes every
+    step page-fault its multi-MB activations afresh. No effect on numbers. Set
+    DLSCOPE_MALLOPT=0 to leave malloc alone. Returns whether the settings are in place."""
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED:
+        return True
+    if not sys.platform.startswith("linux") or os.environ.get("DLSCOPE_MALLOPT", "1") == "0":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        _MALLOC_TUNED = bool(libc.mallopt(m_mmap_threshold, 32 << 20)
+                             and libc.mallopt(m_trim_threshold, 256 << 20))
+    except (OSError, AttributeError):
+        return False
+    return _MALLOC_TUNED
+
+
+class _FusedOptimizer:
+    """torch.optim's fused Adam / SGD kernels called directly, with the state kept here.
+
+    Same arithmetic as `torch.optim.Adam(fused=True)` / `SGD(fused=True)` (their `step` calls
+    exactly `torch._fused_adam_` / `torch._fused_sgd_` with these arguments; tests compare
+    the parameters bit for bit), without the per-step Python of `Optimizer.step` (grouping,
+    state lookups, profiler hooks: 0.1-0.5 ms a step here, as much as the kernel itself).
+    `grads` are passed in each step, so gradients may live anywhere (autograd's fresh
+    `.grad`, or the MLP fast path's preallocated buffers).
+    """
+
+    def __init__(self, params: list[torch.Tensor], cfg: TrainConfig):
+        self.params = params
+        self.cfg = cfg
+        if cfg.optimizer == "adam":
+            self.exp_avg = [torch.zeros_like(p, memory_format=torch.preserve_format)
+                            for p in params]
+            self.exp_avg_sq = [torch.zeros_like(p, memory_format=torch.preserve_format)
+                               for p in params]
+            # torch.optim keeps one float32 step tensor per parameter, all equal: one suffices.
+            self._step = torch.zeros((), dtype=torch.float32, device=params[0].device)
+            self.steps = [self._step] * len(params)
+        else:
+            self.momentum_buffer: list[torch.Tensor] | None = None
+
+    @staticmethod
+    def supports(params: list[torch.Tensor]) -> bool:
+        if not params:
+            return False
+        p0 = params[0]
+        return (p0.device.type in ("cpu", "cuda") and p0.dtype in (torch.float32, torch.float64)
+                and all(p.device == p0.device and p.dtype == p0.dtype for p in params))
+
+    @torch.no_grad()
+    def step(self, grads: list[torch.Tensor]) -> None:
+        cfg = self.cfg
+        if cfg.optimizer == "adam":
+            self._step.add_(1)
+            torch._fused_adam_(self.params, grads, self.exp_avg, self.exp_avg_sq, [],
+                               self.steps, amsgrad=False, lr=cfg.lr, beta1=0.9, beta2=0.999,
+                               weight_decay=cfg.weight_decay, eps=1e-8, maximize=False,
+                               grad_scale=None, found_inf=None)
+            return
+        first = cfg.momentum != 0 and self.momentum_buffer is None
+        if first:
+            self.momentum_buffer = [torch.empty_like(g) for g in grads]
+        torch._fused_sgd_(self.params, grads,
+                          [] if cfg.momentum == 0 else self.momentum_buffer,
+                          weight_decay=cfg.weight_decay, momentum=cfg.momentum, lr=cfg.lr,
+                          dampening=0.0, nesterov=False, maximize=False, is_first_step=first,
+                          grad_scale=None, found_inf=None)
+
+
+_ACT_KIND = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.GELU: "gelu"}
+_aten = torch.ops.aten
+
+
+def _no_hooks(m: nn.Module) -> bool:
+    return not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                or getattr(m, "_backward_pre_hooks", None))
+
+
+def mlp_chain(model: nn.Module) -> list[tuple[nn.Linear, str | None]] | None:
+    """`[(linear, activation), ...]` when `model` is a plain MLP the fast path computes
+    exactly (an `nn.Sequential` of an optional leading `Flatten`, then `Linear` layers with
+    bias, each optionally followed by ReLU/Tanh/Sigmoid/exact GELU; no hooks, no frozen or
+    shared parameters), else None."""
+    from torch.nn.modules import module as _mod
+
+    if type(model) is not nn.Sequential or not _no_hooks(model):
+        return None
+    if any(getattr(_mod, name, None) for name in (
+            "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+            "_global_backward_pre_hooks")):
+        return None
+    mods = list(model)
+    if mods and type(mods[0]) is nn.Flatten:
+        if (mods[0].start_dim, mods[0].end_dim) != (1, -1) or not _no_hooks(mods[0]):
+            return None
+        mods = mods[1:]
+    chain: list[tuple[nn.Linear, str | None]] = []
+    i = 0
+    while i < len(mods):
+        lin = mods[i]
+        if type(lin) is not nn.Linear or lin.bias is None or not _no_hooks(lin):
+            return None
+        act = None
+        if i + 1 < len(mods):
+            a = mods[i + 1]
+            act = _ACT_KIND.get(type(a))
+            if act is None or not _no_hooks(a) or (act == "gelu" and a.approximate != "none"):
+                return None
+        chain.append((lin, act))
+        i += 2 if act is not None else 1
+    params = [p for lin, _ in chain for p in (lin.weight, lin.bias)]
+    if not chain or len({id(p) for p in params}) != len(params):
+        return None
+    if any(not p.requires_grad or getattr(p, "_post_accumulate_grad_hooks", None)
+           or getattr(p, "_backward_hooks", None) for p in params):
+        return None
+    return chain
+
+
+def act_forward(z: torch.Tensor, act: str | None) -> torch.Tensor:
+    """The activation, in place where autograd's backward needs only the output."""
+    if act is None:
+        return z
+    if act == "relu":
+        return z.relu_()
+    if act == "tanh":
+        return z.tanh_()
+    if act == "sigmoid":
+        return z.sigmoid_()
+    return F.gelu(z)  # keeps z: gelu's backward needs the input
+
+
+def act_backward(g: torch.Tensor, z: torch.Tensor, a: torch.Tensor, act: str | None):
+    """dL/dz from dL/da: the kernels autograd's ReLU/Tanh/Sigmoid/GELU backward nodes call."""
+    if act is None:
+        return g
+    if act == "relu":
+        return _aten.threshold_backward(g, a, 0)
+    if act == "tanh":
+        return _aten.tanh_backward(g, a)
+    if act == "sigmoid":
+        return _aten.sigmoid_backward(g, a)
+    return _aten.gelu_backward(g, z, approximate="none")
+
+
+def loss_and_grad(out: torch.Tensor, y: torch.Tensor, classification: bool,
+                  one: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy (or MSE) of a batch and its gradient w.r.t. `out`, with the
+    kernels `F.cross_entropy` / `F.mse_loss` and their autograd backward use."""
+    if classification:
+        logp = torch.log_softmax(out, 1)
+        loss, tw = _aten.nll_loss_forward(logp, y, None, 1, -100)
+        g = _aten.nll_loss_backward(one, logp, y, None, 1, -100, tw)
+        return loss, _aten._log_softmax_backward_data(g, logp, 1, logp.dtype)
+    loss = _aten.mse_loss(out, y, 1)
+    return loss, _aten.mse_loss_backward(one, out, y, 1)
+
+
+class _MLPStep:
+    """One training step of a plain MLP without autograd; gradients land in `p.grad`."""
+
+    def __init__(self, chain: list[tuple[nn.Linear, str | None]], flatten: bool,
+                 classification: bool):
+        self.W = [lin.weight.detach() for lin, _ in chain]
+        self.b = [lin.bias.detach() for lin, _ in chain]
+        self.acts = [act for _, act in chain]
+        self.flatten = flatten
+        self.classification = classification
+        for lin, _ in chain:  # preallocated .grad, written in place every step
+            for p in (lin.weight, lin.bias):
+                p.grad = torch.empty_like(p)
+        self.gW = [lin.weight.grad for lin, _ in chain]
+        self.gb = [lin.bias.grad for lin, _ in chain]
+        self.grads = [g for pair in zip(self.gW, self.gb) for g in pair]
+        self.one = torch.ones((), dtype=self.W[0].dtype, device=self.W[0].device)
+
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor):
+        """(loss, output) of the batch; the gradients are in the parameters' .grad."""
+        a = xb.flatten(1) if self.flatten else xb
+        inputs, pre, post = [a], [], []
+        last = len(self.W) - 1
+        for i, (w, b, act) in enumerate(zip(self.W, self.b, self.acts)):
+            z = torch.addmm(b, a, w.t())
+            a = act_forward(z, act)
+            pre.append(z)
+            post.append(a)
+            if i < last:
+                inputs.append(a)
+        out = a
+        loss, g = loss_and_grad(out, yb, self.classification, self.one)
+        for i in range(last, -1, -1):
+            g = act_backward(g, pre[i], post[i], self.acts[i])
+            torch.mm(g.t(), inputs[i], out=self.gW[i])
+            torch.sum(g, 0, out=self.gb[i])
+            if i > 0:
+                g = torch.mm(g, self.W[i])
+        return loss, out
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classification: bool,
              batch_size: int = 8192) -> tuple[float, float | None]:
@@ -106,13 +338,18 @@ def grad_norm(model: nn.Module) -> torch.Tensor:
 def train(model: nn.Module, data, cfg: TrainConfig, seed: int, *,
           record_grad_norm: bool = False,
           on_epoch: Callable[[int, nn.Module, dict], None] | None = None,
-          progress: Callable[[int], None] | None = None) -> TrainResult:
+          progress: Callable[[int], None] | None = None,
+          fast: bool = True, compile: bool = False) -> TrainResult:
     """Train `model` in place on `data` (a dlscope Dataset already on the model's device).
 
     `on_epoch(epoch, model, metrics)` is called after epoch 0 (before any step, so
     trajectories include the initial point) and after every epoch.
+    `fast=False` takes the plain autograd + `torch.optim` path (same numbers; for tests and
+    comparisons); `compile=True` runs the model through `torch.compile` on the autograd path
+    (opt-in: on this CPU it was measured slower for the course's small models, see bench.py).
     """
     t0 = time.perf_counter()
+    tune_malloc()
     classification = data.n_classes is not None
     loss_fn = loss_function(classification)
     x, y = data.x_train, data.y_train
@@ -120,7 +357,14 @@ def train(model: nn.Module, data, cfg: TrainConfig, seed: int, *,
     bs = n if cfg.batch_size is None else min(cfg.batch_size, n)
     steps_per_epoch = math.ceil(n / bs)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    opt = make_optimizer(model.parameters(), cfg)
+    params = list(model.parameters())
+    fused = fast and not compile and _FusedOptimizer.supports(params)
+    opt = _FusedOptimizer(params, cfg) if fused else make_optimizer(params, cfg)
+    chain = mlp_chain(model) if fused else None
+    flatten = chain is not None and type(model[0]) is nn.Flatten
+    if chain is not None and (x.dtype != params[0].dtype or (x.dim() != 2 and not flatten)):
+        chain = None
+    forward = torch.compile(model) if compile else model
     hist: dict[str, list] = {k: [] for k in
                              ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")}
     step_losses: list[float] = []
@@ -143,29 +387,54 @@ def train(model: nn.Module, data, cfg: TrainConfig, seed: int, *,
         log_epoch(0, *evaluate(model, x, y, classification))
 
     model.train()
+    mlp_step = _MLPStep(chain, flatten, classification) if chain is not None else None
     best: list[float] = []
     sizes = [bs] * (steps_per_epoch - 1) + [n - bs * (steps_per_epoch - 1)]
+    # Per-epoch buffers, written by each step in place and read once per epoch.
     losses = torch.empty(steps_per_epoch, device=x.device)
+    loss_slots = losses.unbind(0)
+    preds = torch.empty(n, dtype=torch.int64, device=x.device) if classification else None
+    pred_slots = preds.split(bs) if preds is not None else None
     for epoch in range(1, cfg.epochs + 1):
         gnorms = torch.empty(steps_per_epoch, device=x.device) if record_grad_norm else None
-        correct = torch.zeros((), dtype=torch.int64, device=x.device) if classification else None
         perm = torch.randperm(n, generator=gen).to(x.device) if bs < n else None
-        for s in range(steps_per_epoch):
-            if perm is None:
-                xb, yb = x, y
-            else:
-                idx = perm[s * bs:(s + 1) * bs]
-                xb, yb = x[idx], y[idx]
-            out = model(xb)
-            loss = loss_fn(out, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if gnorms is not None:
-                gnorms[s] = grad_norm(model)  # after backward(), before step()
-            opt.step()
-            losses[s] = loss.detach()
-            if correct is not None:
-                correct += (out.detach().argmax(1) == yb).sum()
+        batches = perm.split(bs) if perm is not None else None
+        with torch.no_grad() if mlp_step is not None else contextlib.nullcontext():
+            for s in range(steps_per_epoch):
+                if batches is None:
+                    xb, yb = x, y
+                else:
+                    idx = batches[s]
+                    xb, yb = x.index_select(0, idx), y.index_select(0, idx)
+                if mlp_step is not None:
+                    loss, out = mlp_step(xb, yb)
+                else:
+                    out = forward(xb)
+                    loss = loss_fn(out, yb)
+                    if fused:
+                        for p in params:
+                            p.grad = None
+                    else:
+                        opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                if gnorms is not None:
+                    gnorms[s] = grad_norm(model)  # after backward(), before step()
+                if mlp_step is not None:
+                    opt.step(mlp_step.grads)
+                elif fused:
+                    grads = [p.grad for p in params]
+                    if any(g is None for g in grads):  # a parameter outside the graph
+                        if epoch > 1 or s > 0:
+                            raise RuntimeError("a parameter lost its gradient mid-training")
+                        opt, fused = make_optimizer(params, cfg), False
+                        opt.step()
+                    else:
+                        opt.step(grads)
+                else:
+                    opt.step()
+                loss_slots[s].copy_(loss.detach())
+                if pred_slots is not None:
+                    torch.argmax(out.detach(), 1, out=pred_slots[s])
         result.epochs_run = epoch
         epoch_losses = losses.tolist()  # the epoch's one host sync
         step_losses.extend(epoch_losses)
@@ -182,7 +451,11 @@ def train(model: nn.Module, data, cfg: TrainConfig, seed: int, *,
             break
         # Running mean over the epoch's batches (weighted by batch size).
         train_loss = sum(v * b for v, b in zip(epoch_losses, sizes)) / n
-        log_epoch(epoch, train_loss, int(correct) / n if correct is not None else None)
+        train_acc = None
+        if preds is not None:
+            y_epoch = y if perm is None else y.index_select(0, perm)
+            train_acc = int((preds == y_epoch).sum()) / n
+        log_epoch(epoch, train_loss, train_acc)
         if progress is not None:
             progress(epoch)
         if cfg.converge_loss is not None and train_loss < cfg.converge_loss:

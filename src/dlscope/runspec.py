@@ -95,11 +95,15 @@ def execute(specs: list[RunSpec], context=RunContext) -> list[RunResult]:
     `context(device=, threads=)` makes the RunContext (the Ray executor passes one whose
     `dataset()` reads the sweep's shared copy from the object store)."""
     first = specs[0]
-    torch.set_num_threads(first.threads)
-    ctx = context(device=torch.device(first.device), threads=first.threads)
-    module, _, name = first.fn.partition(":")
-    many = getattr(importlib.import_module(module), name + "_many", None)
-    if many is not None and len(specs) > 1:
-        return many([s.params for s in specs], ctx)
-    fn = resolve_fn(first.fn)
-    return [fn(s.params, ctx) for s in specs]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(first.threads)  # part of the run's identity (its hash)
+    try:
+        ctx = context(device=torch.device(first.device), threads=first.threads)
+        module, _, name = first.fn.partition(":")
+        many = getattr(importlib.import_module(module), name + "_many", None)
+        if many is not None and len(specs) > 1:
+            return many([s.params for s in specs], ctx)
+        fn = resolve_fn(first.fn)
+        return [fn(s.params, ctx) for s in specs]
+    finally:
+        torch.set_num_threads(previous)
