@@ -119,3 +119,23 @@ def test_bad_config_is_a_user_error(bad, tmp_path):
     with pytest.raises(UserError):
         dlscope.run("weight-pca", profile="quick", out=tmp_path / "o", **bad)
     assert not (tmp_path / "o").exists()
+
+
+def test_ensemble_path_equals_solo_runs():
+    """weight-pca's runs share a group: trained as one ensemble they equal solo trainings."""
+    import dataclasses
+
+    from dlscope.experiments import weight_pca
+    from dlscope.runspec import RunContext, execute
+
+    cfg = configs.resolve(weight_pca, "quick", overrides={"runs": 2, "epochs": 1, "every": 1,
+                                                          "landscape": False})
+    specs = [dataclasses.replace(s, threads=1) for s in weight_pca.runs(cfg)]
+    assert len({s.group for s in specs}) == 1
+    together = execute(specs)  # -> train_one_many
+    ctx = RunContext(device=torch.device("cpu"), threads=1)
+    for spec, got in zip(specs, together):
+        alone = weight_pca.train_one(spec.params, ctx)
+        assert np.allclose(got.arrays["snapshots"], alone.arrays["snapshots"], rtol=1e-4,
+                           atol=1e-6)
+        assert np.allclose(got.arrays["train_loss"], alone.arrays["train_loss"], rtol=1e-4)

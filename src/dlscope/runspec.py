@@ -76,12 +76,18 @@ def _dataset(desc_json: str, device: str):
     desc = json.loads(desc_json)
     kind = desc.pop("kind")
     if kind == "mnist":
-        return data.mnist_dataset(data.MnistOptions(**desc), device=device)
+        return data.mnist_dataset(data.MnistOptions(**desc), device=device, log=_stderr)
     if kind == "mnist1d":
         return data.mnist1d_dataset(device=device, **desc)
     if kind == "function":
         return data.function_dataset(device=device, **desc)
     raise ValueError(f"unknown dataset kind {kind!r}")
+
+
+def _stderr(msg: str) -> None:
+    import sys
+
+    print(msg, file=sys.stderr)
 
 
 def resolve_fn(path: str):

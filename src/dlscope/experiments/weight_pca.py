@@ -109,9 +109,9 @@ def runs(cfg: Config) -> list[RunSpec]:
             for i in range(cfg.runs)]
 
 
-def train_one(p: dict, ctx) -> RunResult:
-    ds = ctx.dataset(p["data"])
-    model = seeded_model(lambda: models.build(p["model"]), p["seed"]).to(ctx.device)
+def _prepare(p: dict, ds, device):
+    """One run's fresh model, config, snapshot callback and snapshot store."""
+    model = seeded_model(lambda: models.build(p["model"]), p["seed"]).to(device)
     idx = torch.from_numpy(eval_indices(ds.n_train, p["eval_subset"], p["data"]["seed"]))
     xs, ys = ds.x_train[idx.to(ds.x_train.device)], ds.y_train[idx.to(ds.x_train.device)]
     tc = TrainConfig(**p["train"])
@@ -123,7 +123,31 @@ def train_one(p: dict, ctx) -> RunResult:
             snaps.append(flat_params(m).cpu().numpy().astype(np.float32))
             rows.append((epoch, *evaluate(m, xs, ys, True), *evaluate(m, ds.x_test, ds.y_test, True)))
 
+    return model, tc, on_epoch, (idx, snaps, rows)
+
+
+def train_one(p: dict, ctx) -> RunResult:
+    ds = ctx.dataset(p["data"])
+    model, tc, on_epoch, state = _prepare(p, ds, ctx.device)
     res = train(model, ds, tc, seed=p["seed"], on_epoch=on_epoch)
+    return _finish(p, ds, model, res, state)
+
+
+def train_one_many(ps: list[dict], ctx) -> list[RunResult]:
+    """The same runs trained together as one stacked ensemble (dlscope.ensemble): each
+    member keeps its own init and data order, and equals its solo run to float tolerance."""
+    from dlscope.ensemble import train_ensemble
+
+    ds = ctx.dataset(ps[0]["data"])
+    prepared = [_prepare(p, ds, ctx.device) for p in ps]
+    results = train_ensemble([m for m, *_ in prepared], ds, [tc for _, tc, *_ in prepared],
+                             [p["seed"] for p in ps], on_epoch=[cb for _, _, cb, _ in prepared])
+    return [_finish(p, ds, model, results[i], state)
+            for i, (p, (model, _, _, state)) in enumerate(zip(ps, prepared))]
+
+
+def _finish(p: dict, ds, model, res, state) -> RunResult:
+    idx, snaps, rows = state
     first = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
     offset = 0
     for prm in model.parameters():
