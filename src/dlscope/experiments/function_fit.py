@@ -127,9 +127,12 @@ def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
         curves.append(pd.DataFrame({"function": p["function"], "model": p["label"],
                                     "epoch": idx + 1, "loss": loss[idx]}))
         x = r.arrays["x"]
+        y_true = data.evaluate(p["function"], x)
+        # A net whose output no longer varies with x (every ReLU path dead) "converges" at
+        # the constant fit; flag it so a plateau is not read as a fit.
+        rows[-1]["collapsed"] = bool(np.std(r.arrays["y_pred"]) < 0.01 * np.std(y_true))
         preds.append(pd.DataFrame({"function": p["function"], "model": p["label"], "x": x,
-                                   "y_true": data.evaluate(p["function"], x),
-                                   "y_pred": r.arrays["y_pred"]}))
+                                   "y_true": y_true, "y_pred": r.arrays["y_pred"]}))
     return {"results": pd.DataFrame(rows), "curves": pd.concat(curves, ignore_index=True),
             "predictions": pd.concat(preds, ignore_index=True)}
 
@@ -175,13 +178,17 @@ def observations(cfg: Config, tables) -> list[str]:
             text += (f"lowest final loss {best.final_loss:.3g} by {best.model} "
                      f"({best.depth} hidden layers), highest {worst.final_loss:.3g} by "
                      f"{worst.model}; ")
-        conv = g[g.converged.astype(bool)]
+        live = ~g.collapsed.astype(bool) if "collapsed" in g else True
+        conv = g[g.converged.astype(bool) & live]
         if len(conv):
             first = conv.loc[conv.converged_epoch.idxmin()]
             text += f"{first.model} converged first (epoch {int(first.converged_epoch)}, "
             text += f"{first.stop_rule})."
         else:
             text += f"none converged within {int(g.epochs_run.max())} epochs."
+        if "collapsed" in g and g.collapsed.astype(bool).any():
+            text += (f" Collapsed to a constant output (dead ReLUs): "
+                     f"{', '.join(g[g.collapsed.astype(bool)].model)}.")
         if (g.status == "diverged").any():
             text += f" Diverged: {', '.join(g[g.status == 'diverged'].model)}."
         out.append(text)
