@@ -1,0 +1,87 @@
+"""interpolation experiment: pairs, shared inits, and θ(α) at α = 0, 1 equal to the two
+trained models evaluated directly from their saved arrays."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import dlscope
+from dlscope.data import MnistOptions, mnist_dataset
+from dlscope.engine import evaluate
+from dlscope.errors import UserError
+from dlscope.experiments import interpolation as ip
+from dlscope.runspec import RunSpec
+from dlscope.store import Store
+
+
+def spec_of(d: dict) -> RunSpec:
+    return RunSpec(d["experiment"], d["key"], d["fn"], d["params"])
+
+
+def test_runs_dedupe_the_common_model_and_record_the_init():
+    shared = ip.runs(ip.Config())
+    assert len(shared) == 3  # (bs 64, lr 1e-3) is in both pairs, trained once
+    assert {s.params["init_seed"] for s in shared} == {0}
+    assert sorted(s.params["train"]["batch_size"] for s in shared) == [64, 64, 1024]
+    indep = ip.runs(ip.Config(shared_init=False, seed=5))
+    by_key = {s.key: s.params["init_seed"] for s in indep}
+    assert by_key == {"bs=64,lr=0.001,init=5": 5, "bs=1024,lr=0.001,init=6": 6,
+                      "bs=64,lr=0.01,init=6": 6}
+
+
+def test_bad_config_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="batch_pair"):
+        dlscope.run(ip.NAME, profile="quick", out=tmp_path, batch_pair=[64])
+    with pytest.raises(UserError, match="lr_pair"):
+        dlscope.run(ip.NAME, profile="quick", out=tmp_path, lr_pair=[1e-3, -1.0])
+    with pytest.raises(UserError, match="alpha_min"):
+        dlscope.run(ip.NAME, profile="quick", out=tmp_path, alpha_min=2.0, alpha_max=-1.0)
+    assert not (tmp_path / ip.NAME).exists()
+
+
+def test_quick_run_endpoints_equal_the_trained_models(tmp_path):
+    r = dlscope.run(ip.NAME, profile="quick", out=tmp_path, train_subset=500, epochs=1,
+                    n_alpha=7, executor="local", threads=1)
+    root = tmp_path / ip.NAME
+    res = pd.read_csv(root / "results.csv")
+    assert list(res.columns[:6]) == ["pair", "alpha", "train_loss", "train_acc", "test_loss",
+                                     "test_acc"]
+    assert res.shared_init.all()
+    assert (root / "models.csv").exists() and len(pd.read_csv(root / "models.csv")) == 4
+    for _, g in res.groupby("pair"):
+        a = g.alpha.to_numpy()
+        assert (a == 0.0).sum() == 1 and (a == 1.0).sum() == 1
+        assert a.min() == -1.0 and a.max() == 2.0 and np.all(np.diff(a) > 0)
+    assert {p.name for p in (root / "figures").iterdir()} == {
+        "pair1_batch_64_vs_1024.png", "pair2_lr_0_001_vs_0_01.png"}
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["headline"]["shared_init"] is True and not summary["failed"]
+
+    cfg = r.config
+    ds = mnist_dataset(MnistOptions(**ip.data_options(cfg)))
+    store = Store(root)
+    stored = [json.loads(p.read_text()) for p in (root / "runs").glob("*/spec.json")]
+    specs = {s["key"]: replace(spec_of(s), device=s["device"], threads=s["threads"])
+             for s in stored}
+    assert len(specs) == 3
+    for pr in ip.pairs(cfg):
+        g = res[res.pair == pr["pair"]].set_index("alpha")
+        for alpha, end in ((0.0, pr["a"]), (1.0, pr["b"])):
+            spec = specs[ip._key(end)]
+            run = store.load(spec)
+            assert run is not None
+            model = ip.rebuild(spec.params, run.arrays)
+            tl, ta = evaluate(model, ds.x_train, ds.y_train, True)
+            vl, va = evaluate(model, ds.x_test, ds.y_test, True)
+            np.testing.assert_allclose([g.loc[alpha, "train_loss"], g.loc[alpha, "test_loss"]],
+                                       [tl, vl], rtol=1e-5)
+            assert g.loc[alpha, "train_acc"] == pytest.approx(ta, abs=1e-12)
+            assert g.loc[alpha, "test_acc"] == pytest.approx(va, abs=1e-12)
+            # and equal to what the run itself measured right after training
+            assert run.values["train_loss"] == pytest.approx(tl, rel=1e-5)
+            assert run.values["test_acc"] == pytest.approx(va, abs=1e-12)
