@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os as _os
 
-# OpenMP's default barrier spins: with more busy processes than cores (a shared laptop, CI,
-# two pool workers plus anything else) a 2-thread MLP epoch measured 160 s instead of 0.9 s
-# here. Passive waiting costs nothing measurable when the machine is idle. It must be set
-# before torch loads libgomp, i.e. before `import torch`; an explicit setting wins.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP's threads spin at barriers for a long time by default: with more busy processes than
+# cores (a shared laptop, CI, pool workers plus anything else) a 2-thread MLP epoch measured
+# 160 s instead of 0.6 s here. A short spin then sleep keeps the idle-machine speed (0.45 s)
+# and bounds the busy case (2.5 s); OMP_WAIT_POLICY=PASSIVE bounds it better (0.8 s) but
+# costs 4x on an idle machine. Effective only before torch loads libgomp (`import torch`);
+# an explicit setting wins.
+_os.environ.setdefault("GOMP_SPINCOUNT", "100000")
 
 __version__ = "0.1.0"
 
