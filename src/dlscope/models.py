@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal, Union
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 

@@ -49,7 +49,8 @@ class ExperimentResult:
 
 def load(path) -> ExperimentResult | dict[str, ExperimentResult]:
     """Read a finished results folder: one experiment's, or an OUT folder holding several."""
-    from dlscope import config as configs, experiments
+    from dlscope import config as configs
+    from dlscope import experiments
     from dlscope.errors import UserError
 
     path = Path(path)

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dlscope import __version__, config as configs, experiments
+from dlscope import __version__, experiments
+from dlscope import config as configs
 from dlscope.engine import ENGINE_VERSION, resolve_device
 from dlscope.executor import Task, choose, get_executor, worker_threads
 from dlscope.result import ExperimentResult

@@ -25,7 +25,6 @@ import numpy as np
 
 from dlscope.runspec import RunResult, RunSpec
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

@@ -22,7 +22,10 @@ _CACHE: dict[int, dict] = {}
 
 def _generate(seed: int) -> dict:
     if seed not in _CACHE:
-        from mnist1d.data import get_dataset_args, make_dataset  # slow import (matplotlib)
+        from mnist1d.data import (  # slow import (matplotlib)
+            get_dataset_args,
+            make_dataset,
+        )
 
         args = get_dataset_args()
         args.seed = seed
