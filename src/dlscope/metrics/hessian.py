@@ -18,7 +18,6 @@ first if it has dropout or batch norm, or the "Hessian" is that of a random func
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
 
@@ -30,10 +29,7 @@ from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
 from dlscope.errors import UserError
 
-try:  # optional: keeps SciPy's OpenBLAS threads from fighting torch's during eigsh
-    from threadpoolctl import threadpool_limits
-except ImportError:  # pragma: no cover
-    threadpool_limits = None
+from threadpoolctl import threadpool_limits  # one BLAS thread in eigsh: no fight with torch
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -205,7 +201,7 @@ def extreme_eigenvalues(model: nn.Module, loss_fn: LossFn, x, y, k: int = 10,
     v0 = np.random.default_rng(0).standard_normal(p).astype(op.dtype)
     opts = {"k": k, "which": "LA", "tol": tol, "v0": v0, "ncv": min(p, max(2 * k + 1, 40)),
             "return_eigenvectors": False}
-    limit = threadpool_limits(1, user_api="blas") if threadpool_limits else contextlib.nullcontext()
+    limit = threadpool_limits(1, user_api="blas")
     with limit:
         top = np.sort(eigsh(op, **opts)).astype(np.float64)
         s = float(top[-1])
