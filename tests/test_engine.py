@@ -14,14 +14,8 @@ from torch import nn
 
 from dlscope import models
 from dlscope.data import Dataset
-from dlscope.engine import (
-    TrainConfig,
-    _FusedOptimizer,
-    evaluate,
-    mlp_chain,
-    seeded_model,
-    train,
-)
+from dlscope.engine import TrainConfig, evaluate, seeded_model, train
+from dlscope.fastpath import _FusedOptimizer, mlp_chain
 
 
 @pytest.fixture(autouse=True)

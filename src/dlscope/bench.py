@@ -54,7 +54,7 @@ Where the time goes (torch.profiler tables: `profile_steps("mlp" | "cnn", fast=.
   1), which is why mlp_floor_ratio is ~2 at 2 threads and ~1.2 at 1.
 - CNN cnn-b, batch 100 (autograd path): convolution backward 33%, max_pool2d_with_indices
   (NCHW) 19% + its backward 3-5%, convolution forward 16%, fc GEMMs 12%, ReLU forward and
-  backward 7%, fused Adam 3%. Before `engine.tune_malloc`, every multi-MB activation was
+  backward 7%, fused Adam 3%. Before `fastpath.tune_malloc`, every multi-MB activation was
   mmapped and page-faulted afresh each step (ReLU on 5 MB took 1.3-4.9 ms instead of 0.2).
   The rest is oneDNN's efficiency on convolutions with 1 and 16 input channels; reaching 2x
   the floor would need a different convolution (im2col + one large GEMM per layer, which
@@ -92,7 +92,8 @@ import torch
 import torch.nn.functional as F
 
 from dlscope import models
-from dlscope.engine import TrainConfig, seeded_model, train, tune_malloc
+from dlscope.engine import TrainConfig, seeded_model, train
+from dlscope.fastpath import tune_malloc
 
 Log = Callable[[str], None]
 MLP = "mlp:784-128-64-10"

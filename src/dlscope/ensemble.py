@@ -48,14 +48,12 @@ import torch
 from torch import nn
 
 from dlscope import models
-from dlscope.engine import (
-    TrainConfig,
-    TrainResult,
+from dlscope.engine import TrainConfig, TrainResult, seeded_model
+from dlscope.fastpath import (
     _FusedOptimizer,
     act_backward,
     act_forward,
     mlp_chain,
-    seeded_model,
     tune_malloc,
 )
 
@@ -72,7 +70,7 @@ class EnsembleResults(list):
 
 
 class StackedMLP:
-    """The parameters of E same-shape plain MLPs (see `engine.mlp_chain`) stacked on a new
+    """The parameters of E same-shape plain MLPs (see `fastpath.mlp_chain`) stacked on a new
     leading dimension: ``W[l]`` is ``[E, out, in]``, ``b[l]`` is ``[E, out]``."""
 
     def __init__(self, members: Sequence[nn.Module]):
