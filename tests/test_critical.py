@@ -11,15 +11,6 @@ from dlscope.metrics.hessian import hessian_eigenvalues, minimal_ratio
 mse = nn.functional.mse_loss
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors: intra-op threads only add overhead (and stall on a busy machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def autograd_grad_norm(model, x, y):
     loss = mse(model(x), y)
     grads = torch.autograd.grad(loss, list(model.parameters()))

@@ -18,14 +18,6 @@ from dlscope.engine import TrainConfig, evaluate, seeded_model, train
 from dlscope.fastpath import _FusedOptimizer, mlp_chain
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def classification_data(n=300, d=20, k=4, seed=0, n_test=50) -> Dataset:
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(d, k, generator=g)

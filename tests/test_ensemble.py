@@ -13,14 +13,6 @@ from dlscope.engine import TrainConfig, seeded_model, train
 from dlscope.ensemble import StackedMLP, train_ensemble, unstack
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def classification_data(n=800, d=24, k=5, seed=0) -> Dataset:
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(d, k, generator=g)

@@ -15,15 +15,6 @@ from dlscope.engine import TrainConfig, seeded_model, train
 from dlscope.errors import UserError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread (the machine is shared; faster and steadier), restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _by_hand(model, xb, yb, loss_fn) -> tuple[float, float]:
     loss = loss_fn(model(xb), yb)
     grads = torch.autograd.grad(loss, list(model.parameters()))

@@ -24,15 +24,6 @@ mse = nn.functional.mse_loss
 ce = nn.functional.cross_entropy
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors: intra-op threads only add overhead (and stall on a busy machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def snapshot(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 

@@ -11,15 +11,6 @@ from dlscope.errors import UserError
 from dlscope.metrics.interpolation import alpha_grid, evaluate_classifier, interpolate
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster and steadier on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _mlp(seed, bn=False):
     torch.manual_seed(seed)
     layers = [nn.Linear(6, 10)] + ([nn.BatchNorm1d(10)] if bn else []) + [nn.ReLU()]

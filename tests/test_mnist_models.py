@@ -6,21 +6,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 import dlscope
 from dlscope import config as configs
 from dlscope import experiments, models
 from dlscope.errors import UserError
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread (the machine is shared; faster and steadier), restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 EXP = experiments.get("mnist-models")

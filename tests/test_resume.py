@@ -53,8 +53,8 @@ def test_interrupted_sweep_resumes(tmp_path):
     assert len(kept) > len(first)
     assert not (out / "function-fit" / "summary.json").exists()
 
-    settings = dict(profile="quick", epochs=1000, converge_window=5000,
-                    functions=["sinc", "sin-log"], executor="local", threads=1)
+    settings = {"profile": "quick", "epochs": 1000, "converge_window": 5000,
+                "functions": ["sinc", "sin-log"], "executor": "local", "threads": 1}
     r = dlscope.run("function-fit", out=out, **settings)
     assert r.summary["reused"] == len(kept)
     assert r.summary["runs"] == 6 and r.summary["computed"] == 6 - len(kept)

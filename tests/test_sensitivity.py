@@ -10,15 +10,6 @@ from dlscope.errors import UserError
 from dlscope.metrics.sensitivity import loss_input_grad_norm, sensitivity
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster and steadier on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _snapshot(model):
     return (
         {k: v.detach().clone() for k, v in model.state_dict().items()},

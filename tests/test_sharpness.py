@@ -10,15 +10,6 @@ from dlscope.errors import UserError
 from dlscope.metrics.sharpness import sharpness
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster and steadier on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class Quadratic(nn.Module):
     """Output = the parameter vector itself; the input only sets the batch length."""
 

@@ -16,15 +16,6 @@ from dlscope.errors import UserError
 from dlscope.metrics.trajectory import flat_params, loss_plane, pca, plane_axis
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread (the machine is shared; faster and steadier), restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("shape", [(12, 300), (60, 7)])  # Gram path (n < P) and economy SVD
 def test_pca_equals_direct_svd(shape):
     X = np.random.default_rng(1).normal(size=shape).astype(np.float32) * 3 + 1

@@ -16,15 +16,6 @@ from dlscope.errors import UserError
 from dlscope.metrics.trajectory import flat_params, pca
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread (the machine is shared; faster and steadier), restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 EXP = experiments.get("weight-pca")
 SMALL = {"runs": 2, "epochs": 2, "every": 1, "train_subset": 800, "eval_subset": 500,
          "landscape_subset": 300, "grid": 21}
