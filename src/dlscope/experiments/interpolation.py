@@ -42,8 +42,8 @@ from pydantic import Field, field_validator, model_validator
 from dlscope import models, plotting
 from dlscope.config import ExperimentConfig
 from dlscope.data import MnistOptions, mnist_dataset
-from dlscope.engine import TrainConfig, evaluate, seeded_model, train
-from dlscope.experiments.random_labels import mnist_spec
+from dlscope.engine import TrainConfig
+from dlscope.experiments.mnist_common import mnist_spec, train_and_evaluate
 from dlscope.metrics.interpolation import alpha_grid, evaluate_classifier, interpolate
 from dlscope.runspec import RunResult, RunSpec
 
@@ -136,17 +136,10 @@ def runs(cfg: Config) -> list[RunSpec]:
 
 
 def run_fn(p: dict, ctx) -> RunResult:
-    ds = ctx.dataset({"kind": "mnist", **p["data"]})
-    spec = models.parse_model(p["model"])
-    model = seeded_model(lambda: models.build(spec), p["init_seed"]).to(ctx.device)
-    res = train(model, ds, TrainConfig(**p["train"]), seed=p["seed"])
-    train_loss, train_acc = evaluate(model, ds.x_train, ds.y_train, True)
-    test_loss, test_acc = evaluate(model, ds.x_test, ds.y_test, True)
+    model, ds, res, m = train_and_evaluate(p, ctx, init_seed=p["init_seed"])
     arrays = {f"param.{k}": v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     return RunResult(values={"status": res.status, "epochs_run": res.epochs_run,
-                             "wall_s": res.wall_s, "train_loss": train_loss,
-                             "train_acc": train_acc, "test_loss": test_loss,
-                             "test_acc": test_acc}, arrays=arrays)
+                             "wall_s": res.wall_s, **m}, arrays=arrays)
 
 
 def rebuild(params: dict, arrays: dict) -> torch.nn.Module:

@@ -34,7 +34,8 @@ from pydantic import Field
 
 from dlscope import models, plotting
 from dlscope.config import ExperimentConfig
-from dlscope.engine import TrainConfig, evaluate, seeded_model, train
+from dlscope.engine import TrainConfig
+from dlscope.experiments.mnist_common import train_and_evaluate
 from dlscope.runspec import RunResult, RunSpec
 
 NAME = "param-count"
@@ -76,12 +77,9 @@ def runs(cfg: Config) -> list[RunSpec]:
 
 
 def run_fn(p: dict, ctx) -> RunResult:
-    ds = ctx.dataset({"kind": "mnist", **p["data"]})
-    spec = models.parse_model(p["model"])
-    model = seeded_model(lambda: models.build(spec), p["seed"]).to(ctx.device)
-    res = train(model, ds, TrainConfig(**p["train"]), seed=p["seed"])
-    train_loss, train_acc = evaluate(model, ds.x_train, ds.y_train, True)
-    test_loss, test_acc = evaluate(model, ds.x_test, ds.y_test, True)
+    model, ds, res, m = train_and_evaluate(p, ctx)
+    train_loss, train_acc, test_loss, test_acc = (
+        m["train_loss"], m["train_acc"], m["test_loss"], m["test_acc"])
     return RunResult(
         values={"status": res.status, "epochs_run": res.epochs_run, "wall_s": res.wall_s,
                 "module_params": models.module_params(model), "n_train": ds.n_train,

@@ -40,7 +40,7 @@ from pydantic import Field, field_validator
 from dlscope import models, plotting
 from dlscope.config import ExperimentConfig
 from dlscope.engine import TrainConfig, evaluate, seeded_model, train
-from dlscope.errors import UserError
+from dlscope.experiments.mnist_common import mnist_spec
 from dlscope.runspec import RunResult, RunSpec
 
 NAME = "random-labels"
@@ -50,21 +50,6 @@ QUESTION = ("Can a network memorize MNIST training images whose labels are unifo
             "and what happens to its test accuracy?")
 
 THRESHOLDS = (0.5, 0.9, 0.95)
-
-
-def mnist_spec(name: str) -> models.MLPSpec | models.CNNSpec:
-    """A model spec for 28x28 MNIST with 10 classes, or ValueError saying why not."""
-    try:
-        spec = models.parse_model(name)
-    except UserError as e:
-        raise ValueError(str(e)) from None
-    if isinstance(spec, models.MLPSpec):
-        ok = spec.input_dim == 784 and spec.output_dim == 10
-    else:
-        ok = spec.in_channels == 1 and spec.input_size == 28 and spec.n_classes == 10
-    if not ok:
-        raise ValueError(f"model {name!r} does not take 28x28 MNIST to 10 classes")
-    return spec
 
 
 class Config(ExperimentConfig):

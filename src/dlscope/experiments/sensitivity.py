@@ -40,9 +40,9 @@ from pydantic import Field, field_validator
 
 from dlscope import models, plotting
 from dlscope.config import ExperimentConfig
-from dlscope.engine import TrainConfig, evaluate, seeded_model, train
+from dlscope.engine import TrainConfig
 from dlscope.errors import UserError
-from dlscope.experiments.random_labels import mnist_spec
+from dlscope.experiments.mnist_common import mnist_spec, train_and_evaluate
 from dlscope.metrics.sensitivity import loss_input_grad_norm, sensitivity
 from dlscope.metrics.sharpness import sharpness
 from dlscope.runspec import RunResult, RunSpec
@@ -108,12 +108,9 @@ def runs(cfg: Config) -> list[RunSpec]:
 
 
 def run_fn(p: dict, ctx) -> RunResult:
-    ds = ctx.dataset({"kind": "mnist", **p["data"]})
-    spec = models.parse_model(p["model"])
-    model = seeded_model(lambda: models.build(spec), p["seed"]).to(ctx.device)
-    res = train(model, ds, TrainConfig(**p["train"]), seed=p["seed"])
-    train_loss, train_acc = evaluate(model, ds.x_train, ds.y_train, True)
-    test_loss, test_acc = evaluate(model, ds.x_test, ds.y_test, True)
+    model, ds, res, m = train_and_evaluate(p, ctx)
+    train_loss, train_acc, test_loss, test_acc = (
+        m["train_loss"], m["train_acc"], m["test_loss"], m["test_acc"])
     n = p["sensitivity_points"] or ds.n_test
     x, y = ds.x_test[:n], ds.y_test[:n]
     sens = sensitivity(model, x, output="softmax").cpu().numpy()
