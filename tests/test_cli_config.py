@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from dlscope import config, experiments
+from dlscope import experiments
+from dlscope.execution import config
 from dlscope.errors import UserError
 
 FF = experiments.get("function-fit")

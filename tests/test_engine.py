@@ -14,8 +14,8 @@ from torch import nn
 
 from dlscope import models
 from dlscope.data import Dataset
-from dlscope.engine import TrainConfig, evaluate, seeded_model, train
-from dlscope.fastpath import _FusedOptimizer, mlp_chain
+from dlscope.train.engine import TrainConfig, evaluate, seeded_model, train
+from dlscope.train.fastpath import _FusedOptimizer, mlp_chain
 
 
 def classification_data(n=300, d=20, k=4, seed=0, n_test=50) -> Dataset:

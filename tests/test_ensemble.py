@@ -9,8 +9,8 @@ import torch
 
 from dlscope import bench, models
 from dlscope.data import Dataset
-from dlscope.engine import TrainConfig, seeded_model, train
-from dlscope.ensemble import StackedMLP, train_ensemble, unstack
+from dlscope.train.engine import TrainConfig, seeded_model, train
+from dlscope.train.ensemble import StackedMLP, train_ensemble, unstack
 
 
 def classification_data(n=800, d=24, k=5, seed=0) -> Dataset:

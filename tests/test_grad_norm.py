@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 import dlscope
-from dlscope import config as configs
+from dlscope.execution import config as configs
 from dlscope import experiments, models
 from dlscope.data import MnistOptions, function_dataset, mnist_dataset
-from dlscope.engine import TrainConfig, seeded_model, train
+from dlscope.train.engine import TrainConfig, seeded_model, train
 from dlscope.errors import UserError
 
 

@@ -12,11 +12,11 @@ import pytest
 
 import dlscope
 from dlscope.data import MnistOptions, mnist_dataset
-from dlscope.engine import evaluate
+from dlscope.train.engine import evaluate
 from dlscope.errors import UserError
 from dlscope.experiments import interpolation as ip
-from dlscope.runspec import RunSpec
-from dlscope.store import Store
+from dlscope.execution.runspec import RunSpec
+from dlscope.execution.store import Store
 
 
 def spec_of(d: dict) -> RunSpec:

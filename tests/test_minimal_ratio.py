@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import dlscope
-from dlscope import config as configs
+from dlscope.execution import config as configs
 from dlscope import experiments, models
 from dlscope.errors import UserError
 
@@ -54,7 +54,7 @@ def test_one_run_spectrum_is_complete_and_sorted():
     cfg = configs.resolve(exp, "quick", overrides={"runs": 2, "n_train": 32,
                                                    "model": "mlp:1-4-4-1:tanh",
                                                    "train_epochs": [20]})
-    from dlscope.runspec import RunContext
+    from dlscope.execution.runspec import RunContext
 
     out = exp.critical_point(exp.runs(cfg)[1].params,
                              RunContext(device=torch.device("cpu"), threads=1))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import dlscope
-from dlscope import config as configs
+from dlscope.execution import config as configs
 from dlscope import experiments, models
 from dlscope.errors import UserError
 

@@ -28,10 +28,11 @@ import torch
 from pydantic import Field
 
 import dlscope
-from dlscope import experiments, runner
-from dlscope.config import ExperimentConfig
+from dlscope import experiments
+from dlscope.execution import runner
+from dlscope.execution.config import ExperimentConfig
 from dlscope.errors import UserError
-from dlscope.runspec import RunResult, RunSpec
+from dlscope.execution.runspec import RunResult, RunSpec
 
 try:
     import ray
@@ -224,7 +225,7 @@ def test_sweep_spreads_over_nodes_and_matches_local(cluster, tmp_path, executors
 
 @needs_ray
 def test_faults_retry_or_report(cluster, tmp_path, monkeypatch, probe_registered):
-    from dlscope import ray_executor
+    from dlscope.execution import ray_executor
 
     monkeypatch.setattr(ray_executor, "MAX_RETRIES", 1)  # 2 attempts at most: a quicker test
     modes = ["ok", "killed", "error", "crash", "ok"]
@@ -267,7 +268,7 @@ def test_interrupted_driver_resumes_without_recomputing(cluster, tmp_path, monke
                                                          probe_registered):
     """Ctrl-C in the driver once two runs are stored: the runs still in flight are cancelled
     (their worker processes killed), and the next command reuses the two finished runs."""
-    from dlscope.store import Store
+    from dlscope.execution.store import Store
 
     saved, save = [], Store.save
 
@@ -313,7 +314,7 @@ def test_more_threads_than_any_node_is_a_user_error(cluster, tmp_path):
 @needs_ray
 def test_address_and_ray_address_env_connect(cluster, monkeypatch):
     """Last in the module: it replaces the fixture's connection with the executor's own."""
-    from dlscope.ray_executor import RayExecutor
+    from dlscope.execution.ray_executor import RayExecutor
 
     ray.shutdown()
     with pytest.raises(UserError, match="no Ray cluster answers there"):

@@ -7,8 +7,8 @@ import sys
 import time
 
 import dlscope
-from dlscope.runspec import RunResult, RunSpec
-from dlscope.store import Store
+from dlscope.execution.runspec import RunResult, RunSpec
+from dlscope.execution.store import Store
 
 ARGS = ["--profile", "quick", "--set", "epochs=1000", "--set", "converge_window=5000",
         "--set", "functions=['sinc','sin-log']",

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from dlscope import models
 from dlscope.data import MnistOptions, mnist_dataset
-from dlscope.engine import TrainConfig, evaluate, seeded_model, train
+from dlscope.train.engine import TrainConfig, evaluate, seeded_model, train
 from dlscope.errors import UserError
 from dlscope.metrics.trajectory import flat_params, loss_plane, pca, plane_axis
 

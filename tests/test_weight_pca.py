@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import dlscope
-from dlscope import config as configs
+from dlscope.execution import config as configs
 from dlscope import experiments, models
 from dlscope.data import MnistOptions, mnist_dataset
-from dlscope.engine import evaluate, seeded_model
+from dlscope.train.engine import evaluate, seeded_model
 from dlscope.errors import UserError
 from dlscope.metrics.trajectory import flat_params, pca
 
@@ -117,7 +117,7 @@ def test_ensemble_path_equals_solo_runs():
     import dataclasses
 
     from dlscope.experiments import weight_pca
-    from dlscope.runspec import RunContext, execute
+    from dlscope.execution.runspec import RunContext, execute
 
     cfg = configs.resolve(weight_pca, "quick", overrides={"runs": 2, "epochs": 1, "every": 1,
                                                           "landscape": False})

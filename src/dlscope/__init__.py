@@ -25,7 +25,7 @@ def run(name: str, profile: str = "assignment", out="runs", *, executor: str = "
         workers=None, device: str = "auto", threads=None, force: bool = False,
         config_file=None, progress=None, **overrides):
     """Run one experiment; keyword overrides are config keys (validated like `--set`)."""
-    from dlscope.runner import run_experiment
+    from dlscope.execution.runner import run_experiment
 
     return run_experiment(name, profile=profile, out=out, executor=executor, workers=workers,
                           device=device, threads=threads, force=force, config_file=config_file,
@@ -34,7 +34,7 @@ def run(name: str, profile: str = "assignment", out="runs", *, executor: str = "
 
 def load(path):
     """A finished results folder as an ExperimentResult (or a dict of them for an OUT folder)."""
-    from dlscope.result import load as _load
+    from dlscope.execution.result import load as _load
 
     return _load(path)
 

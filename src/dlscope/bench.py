@@ -92,8 +92,8 @@ import torch
 import torch.nn.functional as F
 
 from dlscope import models
-from dlscope.engine import TrainConfig, seeded_model, train
-from dlscope.fastpath import tune_malloc
+from dlscope.train.engine import TrainConfig, seeded_model, train
+from dlscope.train.fastpath import tune_malloc
 
 Log = Callable[[str], None]
 MLP = "mlp:784-128-64-10"
@@ -243,7 +243,7 @@ def run_bench(repeats: int = 3, suite: bool = False, log: Log = print, *,
     """
     from dlscope import data
     from dlscope.data.mnist import load_mnist_arrays
-    from dlscope.ensemble import train_ensemble
+    from dlscope.train.ensemble import train_ensemble
 
     repeats = max(1, int(repeats))
     threads = threads or max(1, os.cpu_count() or 1)
@@ -355,7 +355,7 @@ def run_bench(repeats: int = 3, suite: bool = False, log: Log = print, *,
         }
         figures = {k: _round(v) for k, v in figures.items()}
         if suite:
-            from dlscope.suite import run_all
+            from dlscope.execution.suite import run_all
 
             with tempfile.TemporaryDirectory(prefix="dlscope-bench-") as tmp, \
                     _stdout_to_stderr():

@@ -61,7 +61,7 @@ def run(name: str = typer.Argument(..., help="an experiment (see `dlscope list`)
         force: bool = typer.Option(False, help="recompute finished runs"),
         ray_address: Optional[str] = typer.Option(None, help="Ray cluster address")):
     """Run one experiment (or all of them, then the report)."""
-    from dlscope.runner import run_experiment
+    from dlscope.execution.runner import run_experiment
 
     options = {"address": ray_address} if ray_address else {}
     common = dict(profile=profile, out=out, executor=executor, workers=workers, device=device,
@@ -73,7 +73,7 @@ def run(name: str = typer.Argument(..., help="an experiment (see `dlscope list`)
         return
     if config is not None or set_:
         raise UserError("run all: --config and --set apply to one experiment; run it by name")
-    from dlscope.suite import run_all
+    from dlscope.execution.suite import run_all
 
     failed = run_all(**common)
     if failed:

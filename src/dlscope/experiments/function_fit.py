@@ -21,9 +21,9 @@ import pandas as pd
 from pydantic import Field, field_validator
 
 from dlscope import data, models, plotting
-from dlscope.config import ExperimentConfig
-from dlscope.engine import TrainConfig, seeded_model, train
-from dlscope.runspec import RunResult, RunSpec
+from dlscope.execution.config import ExperimentConfig
+from dlscope.train.engine import TrainConfig, seeded_model, train
+from dlscope.execution.runspec import RunResult, RunSpec
 
 NAME = "function-fit"
 SECTION = "1-1"

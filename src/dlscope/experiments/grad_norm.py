@@ -30,11 +30,11 @@ from matplotlib.figure import Figure
 from pydantic import Field, field_validator
 
 from dlscope import models, plotting
-from dlscope.config import ExperimentConfig
+from dlscope.execution.config import ExperimentConfig
 from dlscope.data.functions import resolve as resolve_function
-from dlscope.engine import TrainConfig, seeded_model, train
+from dlscope.train.engine import TrainConfig, seeded_model, train
 from dlscope.errors import UserError
-from dlscope.runspec import RunResult, RunSpec
+from dlscope.execution.runspec import RunResult, RunSpec
 
 NAME = "grad-norm"
 SECTION = "1-2"

@@ -40,12 +40,12 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from dlscope import models, plotting
-from dlscope.config import ExperimentConfig
+from dlscope.execution.config import ExperimentConfig
 from dlscope.data import MnistOptions, mnist_dataset
-from dlscope.engine import TrainConfig
+from dlscope.train.engine import TrainConfig
 from dlscope.experiments.mnist_common import mnist_spec, train_and_evaluate
 from dlscope.metrics.interpolation import alpha_grid, evaluate_classifier, interpolate
-from dlscope.runspec import RunResult, RunSpec
+from dlscope.execution.runspec import RunResult, RunSpec
 
 NAME = "interpolation"
 SECTION = "1-3"

@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from dlscope import models, plotting
-from dlscope.config import ExperimentConfig
-from dlscope.engine import TrainConfig, seeded_model, train
-from dlscope.runspec import RunResult, RunSpec
+from dlscope.execution.config import ExperimentConfig
+from dlscope.train.engine import TrainConfig, seeded_model, train
+from dlscope.execution.runspec import RunResult, RunSpec
 
 NAME = "minimal-ratio"
 SECTION = "1-2"

@@ -4,7 +4,7 @@ followed by a full evaluation of the train and test sets."""
 from __future__ import annotations
 
 from dlscope import models
-from dlscope.engine import TrainConfig, evaluate, seeded_model, train
+from dlscope.train.engine import TrainConfig, evaluate, seeded_model, train
 from dlscope.errors import UserError
 
 

@@ -27,10 +27,10 @@ import pandas as pd
 from pydantic import Field, field_validator
 
 from dlscope import models, plotting
-from dlscope.config import ExperimentConfig
-from dlscope.engine import TrainConfig, seeded_model, train
+from dlscope.execution.config import ExperimentConfig
+from dlscope.train.engine import TrainConfig, seeded_model, train
 from dlscope.errors import UserError
-from dlscope.runspec import RunResult, RunSpec
+from dlscope.execution.runspec import RunResult, RunSpec
 
 NAME = "mnist-models"
 SECTION = "1-1"

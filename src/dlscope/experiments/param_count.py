@@ -33,10 +33,10 @@ import pandas as pd
 from pydantic import Field
 
 from dlscope import models, plotting
-from dlscope.config import ExperimentConfig
-from dlscope.engine import TrainConfig
+from dlscope.execution.config import ExperimentConfig
+from dlscope.train.engine import TrainConfig
 from dlscope.experiments.mnist_common import train_and_evaluate
-from dlscope.runspec import RunResult, RunSpec
+from dlscope.execution.runspec import RunResult, RunSpec
 
 NAME = "param-count"
 SECTION = "1-3"

@@ -38,10 +38,10 @@ import pandas as pd
 from pydantic import Field, field_validator
 
 from dlscope import models, plotting
-from dlscope.config import ExperimentConfig
-from dlscope.engine import TrainConfig, evaluate, seeded_model, train
+from dlscope.execution.config import ExperimentConfig
+from dlscope.train.engine import TrainConfig, evaluate, seeded_model, train
 from dlscope.experiments.mnist_common import mnist_spec
-from dlscope.runspec import RunResult, RunSpec
+from dlscope.execution.runspec import RunResult, RunSpec
 
 NAME = "random-labels"
 SECTION = "1-3"

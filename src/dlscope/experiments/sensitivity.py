@@ -39,13 +39,13 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from dlscope import models, plotting
-from dlscope.config import ExperimentConfig
-from dlscope.engine import TrainConfig
+from dlscope.execution.config import ExperimentConfig
+from dlscope.train.engine import TrainConfig
 from dlscope.errors import UserError
 from dlscope.experiments.mnist_common import mnist_spec, train_and_evaluate
 from dlscope.metrics.sensitivity import loss_input_grad_norm, sensitivity
 from dlscope.metrics.sharpness import sharpness
-from dlscope.runspec import RunResult, RunSpec
+from dlscope.execution.runspec import RunResult, RunSpec
 
 NAME = "sensitivity"
 SECTION = "1-3"

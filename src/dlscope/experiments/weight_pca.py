@@ -38,10 +38,10 @@ from matplotlib.colors import LogNorm
 from pydantic import Field, field_validator, model_validator
 
 from dlscope import models, plotting
-from dlscope.config import ExperimentConfig
-from dlscope.engine import TrainConfig, evaluate, seeded_model, train
+from dlscope.execution.config import ExperimentConfig
+from dlscope.train.engine import TrainConfig, evaluate, seeded_model, train
 from dlscope.metrics.trajectory import flat_params, loss_plane, pca, plane_axis
-from dlscope.runspec import RunResult, RunSpec
+from dlscope.execution.runspec import RunResult, RunSpec
 
 NAME = "weight-pca"
 SECTION = "1-2"
@@ -134,9 +134,9 @@ def train_one(p: dict, ctx) -> RunResult:
 
 
 def train_one_many(ps: list[dict], ctx) -> list[RunResult]:
-    """The same runs trained together as one stacked ensemble (dlscope.ensemble): each
+    """The same runs trained together as one stacked ensemble (dlscope.train.ensemble): each
     member keeps its own init and data order, and equals its solo run to float tolerance."""
-    from dlscope.ensemble import train_ensemble
+    from dlscope.train.ensemble import train_ensemble
 
     ds = ctx.dataset(ps[0]["data"])
     prepared = [_prepare(p, ds, ctx.device) for p in ps]

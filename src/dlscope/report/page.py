@@ -163,7 +163,7 @@ def build_report(folder) -> Path:
     """Write FOLDER/report.html from the results in FOLDER; return its path.
 
     Raises UserError (one line) when FOLDER is missing or holds no results."""
-    from dlscope.store import atomic_write_text
+    from dlscope.execution.store import atomic_write_text
 
     results = collect(folder)
     path = Path(folder) / "report.html"

@@ -49,7 +49,7 @@ class ExperimentResult:
 
 def load(path) -> ExperimentResult | dict[str, ExperimentResult]:
     """Read a finished results folder: one experiment's, or an OUT folder holding several."""
-    from dlscope import config as configs
+    from dlscope.execution import config as configs
     from dlscope import experiments
     from dlscope.errors import UserError
 

@@ -48,8 +48,8 @@ import torch
 from torch import nn
 
 from dlscope import models
-from dlscope.engine import TrainConfig, TrainResult, seeded_model
-from dlscope.fastpath import (
+from dlscope.train.engine import TrainConfig, TrainResult, seeded_model
+from dlscope.train.fastpath import (
     _FusedOptimizer,
     act_backward,
     act_forward,

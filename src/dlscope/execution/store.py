@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlscope.runspec import RunResult, RunSpec
+from dlscope.execution.runspec import RunResult, RunSpec
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

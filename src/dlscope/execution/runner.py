@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 from dlscope import __version__, experiments
-from dlscope import config as configs
-from dlscope.engine import ENGINE_VERSION, resolve_device
-from dlscope.executor import Task, choose, get_executor, worker_threads
-from dlscope.result import ExperimentResult
-from dlscope.runspec import RunResult, RunSpec
-from dlscope.store import Store, atomic_write_text, write_json
+from dlscope.execution import config as configs
+from dlscope.train.engine import ENGINE_VERSION, resolve_device
+from dlscope.execution.executor import Task, choose, get_executor, worker_threads
+from dlscope.execution.result import ExperimentResult
+from dlscope.execution.runspec import RunResult, RunSpec
+from dlscope.execution.store import Store, atomic_write_text, write_json
 
 
 def _tasks(specs: list[RunSpec], workers: int) -> list[Task]:
@@ -47,7 +47,7 @@ def _tasks(specs: list[RunSpec], workers: int) -> list[Task]:
 
 def _git_commit() -> str | None:
     try:
-        root = Path(__file__).resolve().parents[2]
+        root = Path(__file__).resolve().parents[3]
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
                              text=True, timeout=5)
         return out.stdout.strip() or None
@@ -131,7 +131,12 @@ def run_experiment(name: str, *, profile: str = "assignment", config_file=None, 
                "question": exp.QUESTION, "profile": profile, "wall_s": round(wall, 3),
                "runs": len(specs), "reused": reused, "computed": len(results) - reused,
                "failed": failures, "flagged": flagged, "observations": observations,
-               "headline": exp.headline(cfg, tables) if hasattr(exp, "headline") else {}}
+               "headline": exp.headline(cfg, tables) if hasattr(exp, "headline") else {},
+               # per-setting medians and 95% intervals over seeds (experiments.stats)
+               "statistics": exp.statistics(cfg, tables) if hasattr(exp, "statistics") else {},
+               # reproduction verdicts against the papers (experiments.stats.Verdict)
+               "verdicts": ([v.to_dict() for v in exp.verdicts(cfg, tables)]
+                            if hasattr(exp, "verdicts") else [])}
     write_json(store.root / "summary.json", summary)
     log(f"{name}: done in {wall:.1f} s -> {store.root}")
     return ExperimentResult(name=name, path=store.root, config=cfg, tables=tables,

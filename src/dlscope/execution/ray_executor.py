@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dlscope.errors import UserError
-from dlscope.runspec import RunContext, RunResult, RunSpec, canonical_json, execute
+from dlscope.execution.runspec import RunContext, RunResult, RunSpec, canonical_json, execute
 
 INSTALL_HINT = "--executor ray needs the ray extra: pip install -e '.[ray]'"
 MAX_RETRIES = 2  # extra attempts for a run whose worker process or node died
@@ -82,7 +82,7 @@ def _shared_dataset(cache, desc_json: str, device: str):
     import ray
     from ray.exceptions import RayError, RayTaskError
 
-    from dlscope.runspec import _dataset
+    from dlscope.execution.runspec import _dataset
 
     try:
         [ref] = ray.get(cache.get.remote(desc_json))
@@ -100,7 +100,7 @@ def _shared_dataset(cache, desc_json: str, device: str):
 def _versions() -> dict:
     import torch
 
-    from dlscope.engine import ENGINE_VERSION
+    from dlscope.train.engine import ENGINE_VERSION
 
     return {"engine": ENGINE_VERSION, "torch": torch.__version__.split("+")[0]}
 
@@ -146,7 +146,7 @@ class _DatasetCache:
     def get(self, desc_json: str) -> list:
         import ray
 
-        from dlscope.runspec import _dataset
+        from dlscope.execution.runspec import _dataset
 
         with self._guard:
             lock = self._locks.setdefault(desc_json, threading.Lock())

@@ -12,12 +12,12 @@ from pathlib import Path
 
 from dlscope import experiments
 from dlscope.errors import UserError
-from dlscope.store import write_json
+from dlscope.execution.store import write_json
 
 
 def run_all(*, profile: str, out, log=print, **options) -> list[str]:
     """Run everything; return the names of the experiments that failed."""
-    from dlscope.runner import run_experiment
+    from dlscope.execution.runner import run_experiment
 
     out = Path(out)
     t0 = time.perf_counter()

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dlscope.engine import ENGINE_VERSION
+from dlscope.train.engine import ENGINE_VERSION
 
 
 def canonical_json(obj: Any) -> str:

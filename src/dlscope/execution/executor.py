@@ -3,7 +3,7 @@
 - `local`: in this process, one task after another.
 - `process`: a pool of worker processes (spawned, one torch thread each) so that two
   workers use two cores without oversubscription.
-- `ray`: one Ray task per run (see dlscope.ray_executor; optional extra).
+- `ray`: one Ray task per run (see dlscope.execution.ray_executor; optional extra).
 
 Each backend yields `(task, results)` as tasks finish, or `(task, exception)` for a task
 that failed; the caller stores finished runs at once, so an interrupted sweep keeps them.
@@ -19,7 +19,7 @@ from typing import Iterator, Protocol
 import torch
 
 from dlscope.errors import UserError
-from dlscope.runspec import RunResult, RunSpec, execute
+from dlscope.execution.runspec import RunResult, RunSpec, execute
 
 Task = list[RunSpec]
 Outcome = tuple[Task, "list[RunResult] | BaseException"]
@@ -89,7 +89,7 @@ def get_executor(name: str, workers: int | None = None, **options) -> Executor:
     if name == "process":
         return ProcessExecutor(workers)
     if name == "ray":
-        from dlscope.ray_executor import RayExecutor  # optional extra
+        from dlscope.execution.ray_executor import RayExecutor  # optional extra
 
         return RayExecutor(workers, **options)
     raise UserError(f"unknown executor {name!r} (one of: auto, local, process, ray)")

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from dlscope.fastpath import _FusedOptimizer, _MLPStep, mlp_chain, tune_malloc
+from dlscope.train.fastpath import _FusedOptimizer, _MLPStep, mlp_chain, tune_malloc
 
 ENGINE_VERSION = "1"  # bump when a change alters the numbers a run produces
 

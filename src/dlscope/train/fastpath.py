@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:
-    from dlscope.engine import TrainConfig
+    from dlscope.train.engine import TrainConfig
 
 _MALLOC_TUNED = False
 
