@@ -15,7 +15,8 @@ from torch import nn
 from dlscope import models
 from dlscope.data import Dataset
 from dlscope.train.engine import TrainConfig, evaluate, seeded_model, train
-from dlscope.train.fastpath import _FusedOptimizer, mlp_chain
+from dlscope.train.fastpath import mlp_chain
+from dlscope.train.optim import FusedOptimizer
 
 
 def classification_data(n=300, d=20, k=4, seed=0, n_test=50) -> Dataset:
@@ -128,7 +129,7 @@ def test_fused_optimizer_equals_torch_optim():
                if cfg.optimizer == "adam" else
                torch.optim.SGD(theirs, lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay, fused=True))
-        fused = _FusedOptimizer(ours, cfg)
+        fused = FusedOptimizer(ours, **cfg.optimizer_settings())
         for _ in range(5):
             grads = [torch.randn(s, generator=g) for s in shapes]
             for p, gr in zip(theirs, grads):
@@ -269,3 +270,30 @@ def test_history_lengths():
                   seed=0)
     assert plain.history["epoch"] == [1, 2, 3] and plain.grad_norm is None
     assert plain.history["test_loss"] == [None] * 3
+
+
+def test_fused_optimizer_select_carries_each_members_state():
+    """Two members stepped together, then member 1 alone from fresh storage: its parameters
+    equal torch.optim's on member 1 alone throughout, bit for bit (Adam and SGD momentum)."""
+    g = torch.Generator().manual_seed(1)
+    shapes = [(4, 3), (4,)]
+    for settings in ({"kind": "adam", "lr": 1e-2, "weight_decay": 1e-3},
+                     {"kind": "sgd", "lr": 0.1, "momentum": 0.9}):
+        both = [torch.randn(s, generator=g) for _ in range(2) for s in shapes]
+        alone = [nn.Parameter(p.clone()) for p in both[2:]]
+        kind = settings.pop("kind")
+        ref = (torch.optim.Adam if kind == "adam" else torch.optim.SGD)(alone, fused=True,
+                                                                        **settings)
+        opt = FusedOptimizer(both, kind=kind, members=2, **settings)
+        for step in range(6):
+            grads = [torch.randn(s, generator=g) for _ in range(2) for s in shapes]
+            for p, gr in zip(alone, grads[2:]):
+                p.grad = gr.clone()
+            ref.step()
+            if step == 3:  # member 0 leaves; member 1's tensors move to new storage
+                both = [p.clone() for p in both[2:]]
+                opt = opt.select([1], both)
+            opt.step(grads if len(both) == 4 else grads[2:])
+            assert all(torch.equal(p, q.detach()) for p, q in zip(both[-2:], alone))
+    with pytest.raises(ValueError, match="members"):
+        FusedOptimizer([torch.zeros(2)] * 3, kind="sgd", lr=0.1, members=2)

@@ -172,3 +172,40 @@ def test_run_bench_smoke_tiny_sizes():
     assert figures["engine_vs_conventional"] == pytest.approx(
         figures["mlp_epoch_s"] / figures["conventional_epoch_s"], rel=1e-2)
     assert torch.get_num_threads() == 1  # restored
+
+
+def test_cnn_and_mixed_members_go_one_by_one_and_equal_their_solo_runs_exactly():
+    from dlscope.train.steps import AutogradStep, MLPStep, StackedMLPStep, choose_step
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(48, 1, 8, 8, generator=g), torch.randint(0, 10, (48,), generator=g)
+    images = Dataset(x, y, x[:8], y[:8], "img", 10, "test")
+    cnn = "cnn:4/k3p1/fc8/in8"
+    cfgs = [TrainConfig(lr=1e-2, batch_size=16, epochs=2),
+            TrainConfig(optimizer="sgd", lr=0.1, batch_size=16, epochs=3)]
+    res = train_ensemble([cnn, cnn], images, cfgs, [0, 1], record_grad_norm=True)
+    for e in range(2):
+        r, m = solo(cnn, images, cfgs[e], e, record_grad_norm=True)
+        np.testing.assert_array_equal(res[e].step_loss, r.step_loss)
+        np.testing.assert_array_equal(res[e].grad_norm, r.grad_norm)
+        assert res[e].history == r.history and res[e].epochs_run == r.epochs_run
+        assert all(torch.equal(p, q) for p, q in zip(res.models[e].parameters(), m.parameters()))
+    # two MLP shapes cannot be stacked: one by one, each exactly its solo run
+    data = classification_data(n=128)
+    specs = ["mlp:24-8-5", "mlp:24-12-5"]
+    cfg = TrainConfig(lr=1e-2, batch_size=32, epochs=2)
+    mixed = train_ensemble(specs, data, cfg, [3, 4])
+    for e, spec in enumerate(specs):
+        r, m = solo(spec, data, cfg, 3 + e)
+        np.testing.assert_array_equal(mixed[e].step_loss, r.step_loss)
+        assert all(torch.equal(p, q) for p, q in zip(mixed.models[e].parameters(),
+                                                     m.parameters()))
+    # which step each request gets
+    adam = cfg.optimizer_settings()
+    mlps = [seeded_model(lambda: models.build("mlp:24-8-5"), s) for s in (0, 1)]
+    assert [type(s) for s in choose_step(mlps, True, data.x_train, [adam] * 2)] == [StackedMLPStep]
+    assert [type(s) for s in choose_step(mlps[:1], True, data.x_train, [adam])] == [MLPStep]
+    cnns = [seeded_model(lambda: models.build(cnn), s) for s in (0, 1)]
+    assert [type(s) for s in choose_step(cnns, True, x, [adam] * 2)] == [AutogradStep] * 2
+    assert [type(s) for s in choose_step(mlps, True, data.x_train, [adam] * 2, fast=False)] == \
+        [AutogradStep] * 2

@@ -82,7 +82,7 @@ def _shared_dataset(cache, desc_json: str, device: str):
     import ray
     from ray.exceptions import RayError, RayTaskError
 
-    from dlscope.execution.runspec import _dataset
+    from dlscope.execution.runspec import load_dataset
 
     try:
         [ref] = ray.get(cache.get.remote(desc_json))
@@ -90,7 +90,7 @@ def _shared_dataset(cache, desc_json: str, device: str):
     except RayTaskError as exc:  # building it failed: the run's own error (e.g. bad spec)
         raise _cause(exc) from None
     except RayError:  # the cache actor or its object is gone: build it here, same numbers
-        ds = _dataset(desc_json, device)
+        ds = load_dataset(desc_json, device)
     _WORKER_DATASETS[key] = ds
     while len(_WORKER_DATASETS) > 4:  # as many as the local per-process cache keeps
         _WORKER_DATASETS.popitem(last=False)
@@ -146,7 +146,7 @@ class _DatasetCache:
     def get(self, desc_json: str) -> list:
         import ray
 
-        from dlscope.execution.runspec import _dataset
+        from dlscope.execution.runspec import load_dataset
 
         with self._guard:
             lock = self._locks.setdefault(desc_json, threading.Lock())
@@ -154,9 +154,8 @@ class _DatasetCache:
             stats["requests"] += 1
         with lock:  # two runs asking at once: the second waits for the first's build
             if desc_json not in self._refs:
-                # the uncached builder: the object store holds the only copy
-                build = getattr(_dataset, "__wrapped__", _dataset)
-                self._refs[desc_json] = ray.put(build(desc_json, "cpu"))
+                # uncached: the object store holds the only copy
+                self._refs[desc_json] = ray.put(load_dataset(desc_json, "cpu", cached=False))
                 stats["builds"] += 1
             with self._guard:
                 self._refs.move_to_end(desc_json)

@@ -113,3 +113,10 @@ def execute(specs: list[RunSpec], context=RunContext) -> list[RunResult]:
         return [fn(s.params, ctx) for s in specs]
     finally:
         torch.set_num_threads(previous)
+
+
+def load_dataset(desc_json: str, device: str, *, cached: bool = True):
+    """The dataset a canonical description (`canonical_json`) names, on `device`: this
+    process's cached copy, or with `cached=False` a fresh one that nothing here keeps (for a
+    caller holding its own, e.g. the Ray executor's object store)."""
+    return _dataset(desc_json, device) if cached else _dataset.__wrapped__(desc_json, device)

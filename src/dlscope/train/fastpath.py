@@ -1,8 +1,9 @@
-"""The fast paths under engine.train: fused optimizer kernels called directly, an
-autograd-free step for plain MLPs, and a malloc setting for CNN activations.
+"""The kernels under the fast training steps: an autograd-free forward and backward for plain
+MLPs (one model, or E stacked same-shape models), and a malloc setting for CNN activations.
 
-Everything here gives the same numbers as the plain torch path (tests/test_engine.py
-compares them bit for bit); it only removes per-step framework overhead (see bench.py).
+Each function calls the very ATen kernels autograd and `torch.nn.functional` would call, in
+the same order, so a step built from them gives the same numbers as the autograd path
+(tests/test_engine.py compares them bit for bit); it only removes per-step framework work.
 """
 
 from __future__ import annotations
@@ -10,14 +11,10 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-if TYPE_CHECKING:
-    from dlscope.train.engine import TrainConfig
 
 _MALLOC_TUNED = False
 
@@ -41,59 +38,6 @@ def tune_malloc() -> bool:
     except (OSError, AttributeError):
         return False
     return _MALLOC_TUNED
-
-
-class _FusedOptimizer:
-    """torch.optim's fused Adam / SGD kernels called directly, with the state kept here.
-
-    Same arithmetic as `torch.optim.Adam(fused=True)` / `SGD(fused=True)` (their `step` calls
-    exactly `torch._fused_adam_` / `torch._fused_sgd_` with these arguments; tests compare
-    the parameters bit for bit), without the per-step Python of `Optimizer.step` (grouping,
-    state lookups, profiler hooks: 0.1-0.5 ms a step here, as much as the kernel itself).
-    `grads` are passed in each step, so gradients may live anywhere (autograd's fresh
-    `.grad`, or the MLP fast path's preallocated buffers).
-    """
-
-    def __init__(self, params: list[torch.Tensor], cfg: TrainConfig):
-        self.params = params
-        self.cfg = cfg
-        if cfg.optimizer == "adam":
-            self.exp_avg = [torch.zeros_like(p, memory_format=torch.preserve_format)
-                            for p in params]
-            self.exp_avg_sq = [torch.zeros_like(p, memory_format=torch.preserve_format)
-                               for p in params]
-            # torch.optim keeps one float32 step tensor per parameter, all equal: one suffices.
-            self._step = torch.zeros((), dtype=torch.float32, device=params[0].device)
-            self.steps = [self._step] * len(params)
-        else:
-            self.momentum_buffer: list[torch.Tensor] | None = None
-
-    @staticmethod
-    def supports(params: list[torch.Tensor]) -> bool:
-        if not params:
-            return False
-        p0 = params[0]
-        return (p0.device.type in ("cpu", "cuda") and p0.dtype in (torch.float32, torch.float64)
-                and all(p.device == p0.device and p.dtype == p0.dtype for p in params))
-
-    @torch.no_grad()
-    def step(self, grads: list[torch.Tensor]) -> None:
-        cfg = self.cfg
-        if cfg.optimizer == "adam":
-            self._step.add_(1)
-            torch._fused_adam_(self.params, grads, self.exp_avg, self.exp_avg_sq, [],
-                               self.steps, amsgrad=False, lr=cfg.lr, beta1=0.9, beta2=0.999,
-                               weight_decay=cfg.weight_decay, eps=1e-8, maximize=False,
-                               grad_scale=None, found_inf=None)
-            return
-        first = cfg.momentum != 0 and self.momentum_buffer is None
-        if first:
-            self.momentum_buffer = [torch.empty_like(g) for g in grads]
-        torch._fused_sgd_(self.params, grads,
-                          [] if cfg.momentum == 0 else self.momentum_buffer,
-                          weight_decay=cfg.weight_decay, momentum=cfg.momentum, lr=cfg.lr,
-                          dampening=0.0, nesterov=False, maximize=False, is_first_step=first,
-                          grad_scale=None, found_inf=None)
 
 
 _ACT_KIND = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.GELU: "gelu"}
@@ -185,42 +129,55 @@ def loss_and_grad(out: torch.Tensor, y: torch.Tensor, classification: bool,
     return loss, _aten.mse_loss_backward(one, out, y, 1)
 
 
-class _MLPStep:
-    """One training step of a plain MLP without autograd; gradients land in `p.grad`."""
+def stacked_loss_and_grad(out: torch.Tensor, y: torch.Tensor, classification: bool,
+                          one: torch.Tensor, loss_out: torch.Tensor) -> torch.Tensor:
+    """`loss_and_grad` for E members at once: `out` is ``[E, B, C]``; each member's mean loss
+    goes into `loss_out` ``[E]``; returns the gradient w.r.t. `out` (each member's loss is
+    the mean over its own B samples, so the upstream gradient is 1/B)."""
+    E, B, C = out.shape
+    if classification:
+        logp = torch.log_softmax(out, 2).view(E * B, C)
+        yf = y.reshape(E * B)
+        nll, tw = _aten.nll_loss_forward(logp, yf, None, 0, -100)
+        torch.mean(nll.view(E, B), 1, out=loss_out)
+        g = _aten.nll_loss_backward(one.div(B).expand(E * B), logp, yf, None, 0, -100, tw)
+        return _aten._log_softmax_backward_data(g, logp, 1, logp.dtype).view(E, B, C)
+    diff = torch.sub(out, y)
+    torch.mean(diff.square().view(E, -1), 1, out=loss_out)
+    return diff.mul_(2.0 / (B * C))  # = aten.mse_loss_backward's 2 (out - y) / numel
 
-    def __init__(self, chain: list[tuple[nn.Linear, str | None]], flatten: bool,
-                 classification: bool):
-        self.W = [lin.weight.detach() for lin, _ in chain]
-        self.b = [lin.bias.detach() for lin, _ in chain]
-        self.acts = [act for _, act in chain]
-        self.flatten = flatten
-        self.classification = classification
-        for lin, _ in chain:  # preallocated .grad, written in place every step
-            for p in (lin.weight, lin.bias):
-                p.grad = torch.empty_like(p)
-        self.gW = [lin.weight.grad for lin, _ in chain]
-        self.gb = [lin.bias.grad for lin, _ in chain]
-        self.grads = [g for pair in zip(self.gW, self.gb) for g in pair]
-        self.one = torch.ones((), dtype=self.W[0].dtype, device=self.W[0].device)
 
-    def __call__(self, xb: torch.Tensor, yb: torch.Tensor):
-        """(loss, output) of the batch; the gradients are in the parameters' .grad."""
-        a = xb.flatten(1) if self.flatten else xb
-        inputs, pre, post = [a], [], []
-        last = len(self.W) - 1
-        for i, (w, b, act) in enumerate(zip(self.W, self.b, self.acts)):
-            z = torch.addmm(b, a, w.t())
-            a = act_forward(z, act)
-            pre.append(z)
-            post.append(a)
-            if i < last:
-                inputs.append(a)
-        out = a
-        loss, g = loss_and_grad(out, yb, self.classification, self.one)
-        for i in range(last, -1, -1):
-            g = act_backward(g, pre[i], post[i], self.acts[i])
-            torch.mm(g.t(), inputs[i], out=self.gW[i])
-            torch.sum(g, 0, out=self.gb[i])
-            if i > 0:
-                g = torch.mm(g, self.W[i])
-        return loss, out
+Saved = tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]
+
+
+def mlp_forward(W: list[torch.Tensor], b: list[torch.Tensor], acts: list[str | None],
+                a: torch.Tensor) -> tuple[torch.Tensor, Saved]:
+    """The output of an MLP with weights `W` and biases `b`, and what its backward needs.
+
+    One model: `a` ``[B, in]``, ``W[l]`` ``[out, in]`` (addmm). E stacked models: `a`
+    ``[E, B, in]``, ``W[l]`` ``[E, out, in]`` (baddbmm)."""
+    batched = a.dim() == 3
+    inputs, pre, post = [a], [], []
+    for i, (w, bias, act) in enumerate(zip(W, b, acts)):
+        z = (torch.baddbmm(bias.unsqueeze(1), a, w.mT) if batched else
+             torch.addmm(bias, a, w.mT))
+        a = act_forward(z, act)
+        pre.append(z)
+        post.append(a)
+        if i < len(W) - 1:
+            inputs.append(a)
+    return a, (inputs, pre, post)
+
+
+def mlp_backward(W: list[torch.Tensor], acts: list[str | None], saved: Saved,
+                 g: torch.Tensor, gW: list[torch.Tensor], gb: list[torch.Tensor]) -> None:
+    """Backpropagate `g` (dL/d output) through `mlp_forward`'s MLP, writing the weight and
+    bias gradients into `gW` and `gb` in place (mm / bmm, as autograd's Linear backward)."""
+    inputs, pre, post = saved
+    mm = torch.bmm if g.dim() == 3 else torch.mm
+    for i in range(len(W) - 1, -1, -1):
+        g = act_backward(g, pre[i], post[i], acts[i])
+        mm(g.mT, inputs[i], out=gW[i])
+        torch.sum(g, -2, out=gb[i])
+        if i > 0:
+            g = mm(g, W[i])
