@@ -22,9 +22,9 @@ from dlscope.train.engine import (
 )
 from dlscope.train.ensemble import EnsembleResults, train_ensemble
 from dlscope.train.optim import FusedOptimizer, torch_optimizer
-from dlscope.train.stacked import StackedMLP, evaluate_stacked, stack, unstack
+from dlscope.train.stacked import StackedMLP, evaluate_stacked, unstack
 
 __all__ = ["ENGINE_VERSION", "EnsembleResults", "FusedOptimizer", "StackedMLP", "TrainConfig",
            "TrainResult", "evaluate", "evaluate_stacked", "grad_norm", "loss_function",
-           "resolve_device", "seeded_model", "stack", "torch_optimizer", "train",
+           "resolve_device", "seeded_model", "torch_optimizer", "train",
            "train_ensemble", "unstack"]

@@ -31,7 +31,8 @@ def train(model: nn.Module, data, cfg: TrainConfig, seed: int, *,
     trajectories include the initial point) and after every epoch.
     `fast=False` takes the plain autograd + `torch.optim` path (same numbers; for tests and
     comparisons); `compile=True` runs the model through `torch.compile` on the autograd path
-    (opt-in, not a default: see docs/PERFORMANCE.md).
+    (opt-in, not a default: see docs/PERFORMANCE.md). Which step trains the model:
+    `steps.choose_step`; when training stops and what the result records: `rules`.
     """
     tune_malloc()
     x = data.x_train

@@ -35,10 +35,10 @@ from dlscope.train.config import TrainConfig, TrainResult
 from dlscope.train.engine import seeded_model
 from dlscope.train.fastpath import tune_malloc
 from dlscope.train.loop import OnEpoch, fit
-from dlscope.train.stacked import StackedMLP, evaluate_stacked, stack, unstack
+from dlscope.train.stacked import StackedMLP, evaluate_stacked, unstack
 from dlscope.train.steps import choose_step
 
-__all__ = ["EnsembleResults", "StackedMLP", "evaluate_stacked", "stack", "train_ensemble",
+__all__ = ["EnsembleResults", "StackedMLP", "evaluate_stacked", "train_ensemble",
            "unstack"]
 
 
@@ -80,6 +80,8 @@ def train_ensemble(members: Sequence[nn.Module | models.MLPSpec | str | dict], d
     E = len(seeds)
     cfgs = _per_member(cfgs, E, "cfgs")
     callbacks = _per_member(on_epoch, E, "on_epoch")
+    if E == 0:
+        raise ValueError("an ensemble needs at least one member")
     if len(members) != E:
         raise ValueError(f"members: {len(members)} given for {E} seeds")
     x = data.x_train

@@ -78,11 +78,8 @@ class StackedMLP:
         return a
 
 
-def stack(members: Sequence[nn.Module]) -> StackedMLP:
-    return StackedMLP(members)
-
-
 def unstack(stacked: StackedMLP) -> list[nn.Module]:
+    """Independent modules holding the members' current parameters (`StackedMLP.unstack`)."""
     return stacked.unstack()
 
 
