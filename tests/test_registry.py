@@ -75,7 +75,7 @@ def forget(name: str) -> None:
 def cli(*args: str, env_extra: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
     env = {**os.environ, **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "dlscope.cli", *args], capture_output=True,
-                          text=True, env=env, cwd=cwd, timeout=300)
+                          text=True, env=env, cwd=cwd, timeout=300, check=False)
 
 
 def reference_mse(params: dict, width: int) -> tuple[float, float]:
