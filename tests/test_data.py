@@ -1,4 +1,4 @@
-"""Tests of dlscope.data: IDX, the safe unpickler, MNIST sources/cache/options, MNIST-1D."""
+"""Tests of dlscope.data: IDX, the safe unpickler, MNIST sources/cache/options, dataset kinds."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import os
 import pickle
 import random
 import shutil
-import socket
 import subprocess
 import zipfile
 
@@ -20,17 +19,19 @@ from scipy import stats
 
 from dlscope.data import (
     Dataset,
+    build_dataset,
     MnistOptions,
     data_info,
+    function_dataset,
     load_mnist_arrays,
-    mnist1d_dataset,
     mnist_dataset,
     read_idx,
+    register_kind,
     safe_load,
     write_idx,
 )
+from dlscope.data import kinds as kinds_mod
 from dlscope.data import mnist as mnist_mod
-from dlscope.data import mnist1d as mnist1d_mod
 from dlscope.data.cache import cache_dir_path, read_cache
 from dlscope.data.idx import IDX_NAMES, find_idx_folder
 from dlscope.errors import UserError
@@ -442,23 +443,36 @@ def test_mnist_options_rejects(bad):
         MnistOptions(**bad)
 
 
-# ---------------------------------------------------------------- MNIST-1D
+# ---------------------------------------------------------------- dataset kinds
 
 
-def test_mnist1d_local_deterministic(monkeypatch):
-    def no_network(*args, **kwargs):
-        raise AssertionError("mnist1d tried to use the network")
+def test_kinds_build_what_their_loaders_build():
+    f = build_dataset({"kind": "function", "spec": "sinc", "n_train": 50, "n_test": 7, "seed": 2})
+    g = function_dataset("sinc", n_train=50, n_test=7, seed=2)
+    assert torch.equal(f.x_train, g.x_train) and torch.equal(f.y_test, g.y_test)
+    m = build_dataset({"kind": "mnist", "flatten": True, "train_subset": 100, "seed": 1})
+    n = mnist_dataset(MnistOptions(flatten=True, train_subset=100, seed=1))
+    assert torch.equal(m.x_train, n.x_train) and torch.equal(m.y_train, n.y_train)
+    assert m.input_shape == (784,)
 
-    monkeypatch.setattr(socket.socket, "connect", no_network)
-    monkeypatch.setattr(mnist1d_mod, "_CACHE", {})
-    np.random.seed(123)
-    state_before = np.random.get_state()[1].copy()
-    ds = mnist1d_dataset(seed=5)
-    np.testing.assert_array_equal(np.random.get_state()[1], state_before)  # global RNG kept
-    assert ds.x_train.shape == (4000, 40) and ds.x_test.shape == (1000, 40)
-    assert ds.x_train.dtype == torch.float32 and ds.y_train.dtype == torch.int64
-    assert ds.n_classes == 10 and ds.input_shape == (40,)
-    assert torch.bincount(ds.y_train, minlength=10).min() > 300  # 500 per class in total
-    mnist1d_mod._CACHE.clear()
-    again = mnist1d_dataset(seed=5)
-    assert torch.equal(ds.x_train, again.x_train) and torch.equal(ds.y_test, again.y_test)
+
+def test_unknown_kind_is_one_clear_error():
+    with pytest.raises(UserError, match=r"unknown dataset kind 'mnist1d' \(one of: mnist, "
+                                        r"function\)"):
+        build_dataset({"kind": "mnist1d"})
+    with pytest.raises(UserError, match="unknown dataset kind None"):
+        build_dataset({"spec": "sinc"})
+
+
+def test_register_kind(monkeypatch):
+    monkeypatch.setattr(kinds_mod, "KINDS", dict(kinds_mod.KINDS))
+
+    def line(n: int, slope: float, device="cpu") -> Dataset:
+        x = torch.arange(n, dtype=torch.float32).reshape(-1, 1)
+        return Dataset(x, slope * x, x, slope * x, name="line", n_classes=None, source="test")
+
+    register_kind("line", line)
+    ds = build_dataset({"kind": "line", "n": 4, "slope": 2.0})
+    assert ds.y_train[:, 0].tolist() == [0.0, 2.0, 4.0, 6.0]
+    with pytest.raises(UserError, match="not callable"):
+        register_kind("bad", 3)

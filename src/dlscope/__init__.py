@@ -8,24 +8,28 @@
 
 from __future__ import annotations
 
-import os as _os
-
-# OpenMP's threads spin at barriers for a long time by default: with more busy processes than
-# cores (a shared laptop, CI, pool workers plus anything else) a 2-thread MLP epoch measured
-# 160 s instead of 0.6 s here. A short spin then sleep keeps the idle-machine speed (0.45 s)
-# and bounds the busy case (2.5 s); OMP_WAIT_POLICY=PASSIVE bounds it better (0.8 s) but
-# costs 4x on an idle machine. Effective only before torch loads libgomp (`import torch`);
-# an explicit setting wins.
-_os.environ.setdefault("GOMP_SPINCOUNT", "100000")
+# Importing dlscope changes no process-wide state (environment, umask, matplotlib backend):
+# the OpenMP setting the CLI and the pool workers want is made there, in
+# dlscope.execution.process_env.
 
 __version__ = "0.1.0"
 
 
-def run(name: str, profile: str = "assignment", out="runs", *, executor: str = "auto",
+def run(name, profile: str = "assignment", out="runs", *, executor: str = "auto",
         workers=None, device: str = "auto", threads=None, force: bool = False,
         config_file=None, progress=None, **overrides):
-    """Run one experiment; keyword overrides are config keys (validated like `--set`)."""
+    """Run one experiment; keyword overrides are config keys (validated like `--set`).
+
+    `name` is a registered experiment's name or an experiment module (registered first, see
+    dlscope.experiments.register)."""
+    from types import ModuleType
+
     from dlscope.execution.runner import run_experiment
+
+    if isinstance(name, ModuleType):
+        from dlscope import experiments
+
+        name = experiments.register(name).NAME
 
     return run_experiment(name, profile=profile, out=out, executor=executor, workers=workers,
                           device=device, threads=threads, force=force, config_file=config_file,

@@ -38,11 +38,22 @@ def _log(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
-@app.command("list")
-def list_cmd():
-    """The experiments, in the assignment's order."""
+PLUGIN_HELP = ("an experiment module to register, e.g. mypkg.myexp (repeatable; "
+               "also DLSCOPE_PLUGINS=a.b,c.d and the `dlscope.experiments` entry points)")
+
+
+def _plugins(paths: List[str]) -> None:
     from dlscope import experiments
 
+    experiments.load_plugins(paths)
+
+
+@app.command("list")
+def list_cmd(plugin: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP)):
+    """The experiments, in the assignment's order, then registered outside ones."""
+    from dlscope import experiments
+
+    _plugins(plugin)
     for name in experiments.available():
         exp = experiments.get(name)
         typer.echo(f"{name:15s} {exp.SECTION:4s} {exp.TITLE}")
@@ -59,10 +70,12 @@ def run(name: str = typer.Argument(..., help="an experiment (see `dlscope list`)
         device: str = typer.Option("auto", help="cpu | cuda | auto"),
         threads: Optional[int] = typer.Option(None, help="torch threads per run"),
         force: bool = typer.Option(False, help="recompute finished runs"),
-        ray_address: Optional[str] = typer.Option(None, help="Ray cluster address")):
+        ray_address: Optional[str] = typer.Option(None, help="Ray cluster address"),
+        plugin: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP)):
     """Run one experiment (or all of them, then the report)."""
     from dlscope.execution.runner import run_experiment
 
+    _plugins(plugin)
     options = {"address": ray_address} if ray_address else {}
     common = dict(profile=profile, out=out, executor=executor, workers=workers, device=device,
                   threads=threads, force=force, log=_log, executor_options=options)
@@ -81,10 +94,12 @@ def run(name: str = typer.Argument(..., help="an experiment (see `dlscope list`)
 
 
 @app.command()
-def report(folder: Path = typer.Argument(..., help="a results folder (the --out of run)")):
+def report(folder: Path = typer.Argument(..., help="a results folder (the --out of run)"),
+           plugin: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP)):
     """Rebuild report.html from a results folder alone (no training)."""
     from dlscope.report import build_report
 
+    _plugins(plugin)
     path = build_report(folder)
     typer.echo(str(path))
 
@@ -126,6 +141,9 @@ def _interrupted() -> None:
 
 
 def main() -> None:
+    from dlscope.execution.process_env import configure_openmp
+
+    configure_openmp()  # this process is ours: before any command loads torch (see there)
     try:
         code = app(standalone_mode=False)
     except UserError as exc:

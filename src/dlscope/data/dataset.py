@@ -46,10 +46,6 @@ class Dataset:
     def n_test(self) -> int:
         return int(self.x_test.shape[0])
 
-    @property
-    def is_classification(self) -> bool:
-        return self.n_classes is not None
-
     def __repr__(self) -> str:
         return (
             f"Dataset({self.name!r}, train={tuple(self.x_train.shape)}, "

@@ -19,6 +19,7 @@ from typing import Iterator, Protocol
 import torch
 
 from dlscope.errors import UserError
+from dlscope.execution.process_env import init_worker
 from dlscope.execution.runspec import RunResult, RunSpec, execute
 
 Task = list[RunSpec]
@@ -48,11 +49,6 @@ class LocalExecutor:
                 yield task, exc
 
 
-def _init_worker(threads: int) -> None:
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    torch.set_num_threads(threads)
-
-
 class ProcessExecutor:
     name = "process"
 
@@ -63,7 +59,8 @@ class ProcessExecutor:
         threads = tasks[0][0].threads if tasks else 1
         pool = ProcessPoolExecutor(max_workers=min(self.workers, max(1, len(tasks))),
                                    mp_context=mp.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(threads,))
+                                   # OpenMP settings before the worker loads torch (process_env)
+                                   initializer=init_worker, initargs=(threads,))
         try:
             futures = {pool.submit(execute, task): task for task in tasks}
             pending = set(futures)

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dlscope.errors import UserError
+from dlscope.execution.process_env import configure_openmp
 from dlscope.execution.runspec import RunContext, RunResult, RunSpec, canonical_json, execute
 
 INSTALL_HINT = "--executor ray needs the ray extra: pip install -e '.[ray]'"
@@ -82,7 +83,7 @@ def _shared_dataset(cache, desc_json: str, device: str):
     import ray
     from ray.exceptions import RayError, RayTaskError
 
-    from dlscope.execution.runspec import load_dataset
+    from dlscope.execution.runspec import cached_dataset
 
     try:
         [ref] = ray.get(cache.get.remote(desc_json))
@@ -90,7 +91,7 @@ def _shared_dataset(cache, desc_json: str, device: str):
     except RayTaskError as exc:  # building it failed: the run's own error (e.g. bad spec)
         raise _cause(exc) from None
     except RayError:  # the cache actor or its object is gone: build it here, same numbers
-        ds = load_dataset(desc_json, device)
+        ds = cached_dataset(desc_json, device)
     _WORKER_DATASETS[key] = ds
     while len(_WORKER_DATASETS) > 4:  # as many as the local per-process cache keeps
         _WORKER_DATASETS.popitem(last=False)
@@ -117,7 +118,7 @@ def _run_task(specs: Task, cache, driver_versions: dict) -> tuple[list[RunResult
         raise RuntimeError(f"worker on {where['host']} runs {mine}, the driver {driver_versions}: "
                            f"install the same dlscope and torch on every node")
     threads = specs[0].threads
-    os.environ["OMP_NUM_THREADS"] = str(threads)
+    configure_openmp(threads)  # reaches libgomp only if this worker has not loaded torch yet
     torch.set_num_threads(threads)
     if specs[0].device.startswith("cuda"):  # Ray exposes the one GPU it assigned as cuda:0
         specs = [dataclasses.replace(s, device="cuda") for s in specs]
@@ -146,7 +147,7 @@ class _DatasetCache:
     def get(self, desc_json: str) -> list:
         import ray
 
-        from dlscope.execution.runspec import load_dataset
+        from dlscope.execution.runspec import build_dataset
 
         with self._guard:
             lock = self._locks.setdefault(desc_json, threading.Lock())
@@ -154,8 +155,8 @@ class _DatasetCache:
             stats["requests"] += 1
         with lock:  # two runs asking at once: the second waits for the first's build
             if desc_json not in self._refs:
-                # uncached: the object store holds the only copy
-                self._refs[desc_json] = ray.put(load_dataset(desc_json, "cpu", cached=False))
+                # the uncached builder: the object store holds the only copy
+                self._refs[desc_json] = ray.put(build_dataset(desc_json, "cpu"))
                 stats["builds"] += 1
             with self._guard:
                 self._refs.move_to_end(desc_json)

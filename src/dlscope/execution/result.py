@@ -50,7 +50,6 @@ class ExperimentResult:
 def load(path) -> ExperimentResult | dict[str, ExperimentResult]:
     """Read a finished results folder: one experiment's, or an OUT folder holding several."""
     from dlscope.execution import config as configs
-    from dlscope import experiments
     from dlscope.errors import UserError
 
     path = Path(path)
@@ -61,10 +60,28 @@ def load(path) -> ExperimentResult | dict[str, ExperimentResult]:
             raise UserError(f"{path}: no finished experiment here (no summary.json)")
         return found
     summary = json.loads((path / "summary.json").read_text())
-    exp = experiments.get(summary["experiment"])
+    exp = _experiment(summary, path)
     cfg = configs.from_toml(exp, (path / "config.toml").read_text())
     tables = {p.stem: pd.read_csv(p) for p in sorted(path.glob("*.csv"))}
     figures = exp.figures(cfg, tables)
     return ExperimentResult(name=summary["experiment"], path=path, config=cfg, tables=tables,
                             figures=figures, observations=summary.get("observations", []),
                             summary=summary)
+
+
+def _experiment(summary: dict, path: Path):
+    """The module of the experiment that wrote `path`: the registered one, or else the module
+    summary.json records (an outside experiment), imported and registered when importable."""
+    from dlscope import experiments
+    from dlscope.errors import UserError
+
+    name, module = summary.get("experiment"), summary.get("module")
+    if not isinstance(name, str):
+        raise UserError(f"{path}/summary.json: no experiment name")
+    if name not in experiments.available() and isinstance(module, str) and module:
+        try:
+            experiments.register(module)
+        except UserError as exc:
+            raise UserError(f"{path}: experiment {name!r} comes from module {module!r}, which "
+                            f"cannot be used here: {exc}") from None
+    return experiments.get(name)

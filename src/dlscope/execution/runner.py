@@ -8,7 +8,6 @@ are stored as they arrive; summary.json is written last.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import subprocess
@@ -25,7 +24,7 @@ from dlscope.execution import config as configs
 from dlscope.train.engine import ENGINE_VERSION, resolve_device
 from dlscope.execution.executor import Task, choose, get_executor, worker_threads
 from dlscope.execution.result import ExperimentResult
-from dlscope.execution.runspec import RunResult, RunSpec
+from dlscope.execution.runspec import RunResult, RunSpec, resolve_run
 from dlscope.execution.store import Store, atomic_write_text, write_json
 
 
@@ -73,6 +72,8 @@ def run_experiment(name: str, *, profile: str = "assignment", config_file=None, 
     cfg = configs.resolve(exp, profile, config_file, sets, overrides)
     dev = resolve_device(device)
     specs = exp.runs(cfg)
+    for fn in dict.fromkeys(s.fn for s in specs):
+        resolve_run(fn)  # each names an existing run function: UserError before any output
     executor = choose(executor, len(_tasks(specs, os.cpu_count() or 1)))
     n_threads = worker_threads(executor, threads)
     ex = get_executor(executor, workers, **(executor_options or {}))
@@ -127,7 +128,8 @@ def run_experiment(name: str, *, profile: str = "assignment", config_file=None, 
     write_json(store.root / "env.json", env)
     flagged = [{"run": s.key, "status": r.status} for s, r in ordered if r.status != "ok"
                and r.status != "converged"]
-    summary = {"experiment": name, "title": exp.TITLE, "section": exp.SECTION,
+    summary = {"experiment": name, "module": exp.__name__,  # dlscope.load imports it if needed
+               "title": exp.TITLE, "section": exp.SECTION,
                "question": exp.QUESTION, "profile": profile, "wall_s": round(wall, 3),
                "runs": len(specs), "reused": reused, "computed": len(results) - reused,
                "failed": failures, "flagged": flagged, "observations": observations,
@@ -141,7 +143,3 @@ def run_experiment(name: str, *, profile: str = "assignment", config_file=None, 
     log(f"{name}: done in {wall:.1f} s -> {store.root}")
     return ExperimentResult(name=name, path=store.root, config=cfg, tables=tables,
                             figures=figures, observations=observations, summary=summary)
-
-
-def load_summary(path: Path) -> dict:
-    return json.loads((Path(path) / "summary.json").read_text())

@@ -1,10 +1,13 @@
 """What an independent run is (RunSpec), what it returns (RunResult), and where it runs (RunContext).
 
-A RunSpec names a function by import path plus JSON-able parameters, so any executor (in
-process, a process pool, Ray) can run it. Its hash covers everything that changes its
-numbers: the function, the parameters (config, seed), the device, the torch thread count
-and the engine version. Specs that share a `group` may be trained together as an ensemble
-by the experiment's `run_many` (same shape, differing only in seed/init/lr).
+A RunSpec names what runs it by import path plus JSON-able parameters, so any executor (in
+process, a process pool, Ray) can run it: either an experiment module (`fn="mypkg.myexp"`:
+the contract's `run_one(params, ctx)` and optional `run_many(params_list, ctx)`, see
+docs/CONTRACT.md) or, the older form the built-in experiments still use, one function
+(`fn="mypkg.myexp:train_one"`, with an optional `train_one_many`). Its hash covers everything
+that changes its numbers: `fn`, the parameters (config, seed), the device, the torch thread
+count and the engine version. Specs that share a `group` may be trained together as an
+ensemble by the batched variant (same shape, differing only in seed/init/lr).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -19,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dlscope.errors import UserError
 from dlscope.train.engine import ENGINE_VERSION
 
 
@@ -30,7 +35,7 @@ def canonical_json(obj: Any) -> str:
 class RunSpec:
     experiment: str
     key: str  # a human label, e.g. "sinc/deep" or "seed=3"
-    fn: str  # "package.module:function"; the module may also define `<function>_many`
+    fn: str  # "package.module" (its run_one/run_many) or "package.module:function" (+ `_many`)
     params: dict = field(hash=False, compare=False)
     device: str = "cpu"
     threads: int = 1
@@ -66,37 +71,44 @@ class RunContext:
 
     def dataset(self, desc: dict):
         """The dataset a run asks for, built once per process and kept on the device."""
-        return _dataset(canonical_json(desc), str(self.device))
+        return cached_dataset(canonical_json(desc), str(self.device))
 
 
-@lru_cache(maxsize=4)
-def _dataset(desc_json: str, device: str):
-    from dlscope import data
+def build_dataset(desc_json: str, device: str):
+    """The dataset a canonical-JSON description asks for, built afresh (dlscope.data.kinds)."""
+    from dlscope.data import build_dataset as build
 
-    desc = json.loads(desc_json)
-    kind = desc.pop("kind")
-    if kind == "mnist":
-        return data.mnist_dataset(data.MnistOptions(**desc), device=device, log=_stderr)
-    if kind == "mnist1d":
-        return data.mnist1d_dataset(device=device, **desc)
-    if kind == "function":
-        return data.function_dataset(device=device, **desc)
-    raise ValueError(f"unknown dataset kind {kind!r}")
+    return build(json.loads(desc_json), device=device)
 
 
-def _stderr(msg: str) -> None:
-    import sys
+cached_dataset = lru_cache(maxsize=4)(build_dataset)  # per process: MNIST is built once
 
-    print(msg, file=sys.stderr)
+
+def resolve_run(fn: str) -> tuple[Callable, Callable | None]:
+    """(run one spec, run a batch of specs or None) for a RunSpec's `fn`.
+
+    "pkg.mod": the experiment contract's `run_one` / `run_many`; "pkg.mod:name": the older
+    form, `name` / `name_many`. Raises UserError naming what is missing."""
+    module_path, sep, name = fn.partition(":")
+    try:
+        module = importlib.import_module(module_path)
+    except ImportError as exc:
+        raise UserError(f"run function {fn!r}: cannot import {module_path!r} ({exc})") from None
+    one_name, many_name = (name, name + "_many") if sep else ("run_one", "run_many")
+    one = getattr(module, one_name, None)
+    if not callable(one):
+        raise UserError(f"run function {fn!r}: module {module_path!r} has no {one_name}()")
+    many = getattr(module, many_name, None)
+    return one, many if callable(many) else None
 
 
 def resolve_fn(path: str):
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
+    """The function that runs one spec with this `fn` (see resolve_run)."""
+    return resolve_run(path)[0]
 
 
 def execute(specs: list[RunSpec], context=RunContext) -> list[RunResult]:
-    """Run specs in this process: as one ensemble when the module offers `<fn>_many`.
+    """Run specs in this process: as one ensemble when there is a batched variant.
 
     `context(device=, threads=)` makes the RunContext (the Ray executor passes one whose
     `dataset()` reads the sweep's shared copy from the object store)."""
@@ -105,18 +117,10 @@ def execute(specs: list[RunSpec], context=RunContext) -> list[RunResult]:
     torch.set_num_threads(first.threads)  # part of the run's identity (its hash)
     try:
         ctx = context(device=torch.device(first.device), threads=first.threads)
-        module, _, name = first.fn.partition(":")
-        many = getattr(importlib.import_module(module), name + "_many", None)
+        one, many = resolve_run(first.fn)
         if many is not None and len(specs) > 1:
             return many([s.params for s in specs], ctx)
-        fn = resolve_fn(first.fn)
-        return [fn(s.params, ctx) for s in specs]
+        return [one(s.params, ctx) for s in specs]
     finally:
         torch.set_num_threads(previous)
 
-
-def load_dataset(desc_json: str, device: str, *, cached: bool = True):
-    """The dataset a canonical description (`canonical_json`) names, on `device`: this
-    process's cached copy, or with `cached=False` a fresh one that nothing here keeps (for a
-    caller holding its own, e.g. the Ray executor's object store)."""
-    return _dataset(desc_json, device) if cached else _dataset.__wrapped__(desc_json, device)

@@ -29,8 +29,6 @@ from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
 from dlscope.errors import UserError
 
-from threadpoolctl import threadpool_limits  # one BLAS thread in eigsh: no fight with torch
-
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -201,6 +199,10 @@ def extreme_eigenvalues(model: nn.Module, loss_fn: LossFn, x, y, k: int = 10,
     v0 = np.random.default_rng(0).standard_normal(p).astype(op.dtype)
     opts = {"k": k, "which": "LA", "tol": tol, "v0": v0, "ncv": min(p, max(2 * k + 1, 40)),
             "return_eigenvectors": False}
+    # one BLAS thread in eigsh: no fight with torch. Imported here, not at the top: importing
+    # threadpoolctl sets KMP_DUPLICATE_LIB_OK, and importing dlscope must change no environment
+    from threadpoolctl import threadpool_limits
+
     limit = threadpool_limits(1, user_api="blas")
     with limit:
         top = np.sort(eigsh(op, **opts)).astype(np.float64)

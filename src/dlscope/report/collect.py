@@ -1,16 +1,17 @@
 """Read a results folder into plain data for the page: no training, no experiment code run.
 
 Everything comes from the files the store wrote (suite.json, <experiment>/summary.json,
-config.toml, env.json, *.csv, figures/*.png). Titles and sections of experiments that left
-no summary are read from their module's source with `ast`, so a half-written or broken
-experiment module can never break the report.
+config.toml, env.json, *.csv, figures/*.png). Which experiments there are, and in what
+order, comes from the registry (dlscope.experiments: built-in, then outside ones), then any
+other experiment folder found, rendered from its own files. Titles and sections of
+registered experiments that left no summary are read from their module's source with `ast`
+(`experiments.describe`), so a half-written or broken experiment module can never break the
+report.
 """
 
 from __future__ import annotations
 
-import ast
 import csv
-import importlib.util
 import json
 import sys
 from dataclasses import dataclass, field
@@ -28,10 +29,6 @@ else:  # pragma: no cover
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MAX_CSV_BYTES = 50_000_000        # a table larger than this is linked, not parsed
 KEEP_ROWS = 2_000                 # rows kept in memory per table (all are counted)
-# The assignment's parts, for experiments whose module is not (yet) in this checkout.
-KNOWN_SECTIONS = {"function-fit": "1-1", "mnist-models": "1-1", "weight-pca": "1-2",
-                  "grad-norm": "1-2", "minimal-ratio": "1-2", "random-labels": "1-3",
-                  "param-count": "1-3", "interpolation": "1-3", "sensitivity": "1-3"}
 
 
 @dataclass
@@ -100,29 +97,6 @@ def _read_json(path: Path, problems: list[str], label: str) -> dict:
     return obj
 
 
-def module_constants(name: str) -> dict:
-    """NAME/SECTION/TITLE/QUESTION of a registered experiment, read from its source, or {}."""
-    path = experiments.REGISTRY.get(name)
-    try:
-        spec = importlib.util.find_spec(path) if path else None
-        origin = spec.origin if spec else None
-        tree = ast.parse(Path(origin).read_bytes()) if origin else None
-    except (ImportError, OSError, SyntaxError, ValueError):
-        return {}
-    out = {}
-    for node in tree.body if tree else []:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and \
-                isinstance(node.targets[0], ast.Name) and \
-                node.targets[0].id in ("SECTION", "TITLE", "QUESTION"):
-            try:
-                value = ast.literal_eval(node.value)
-            except ValueError:
-                continue
-            if isinstance(value, str):
-                out[node.targets[0].id.lower()] = value
-    return out
-
-
 def _png_size(data: bytes) -> tuple[int, int] | None:
     if len(data) < 24 or not data.startswith(PNG_MAGIC) or data[12:16] != b"IHDR":
         return None
@@ -164,9 +138,9 @@ def read_figure(path: Path, href: str) -> Figure:
 
 def _read_experiment(folder: Path, name: str, suite_entry: dict) -> Experiment:
     d = folder / name
-    consts = module_constants(name)
+    consts = experiments.describe(name)
     exp = Experiment(name=name, title=consts.get("title", name),
-                     section=consts.get("section", KNOWN_SECTIONS.get(name, "?")),
+                     section=consts.get("section", "?"),
                      question=consts.get("question", ""), state="not run", suite=suite_entry,
                      has_folder=d.is_dir())
     if exp.has_folder:
@@ -214,7 +188,7 @@ def collect(folder) -> Results:
     if not found and not entries:
         raise UserError(f"{folder}: no results here (no suite.json, no <experiment>/summary.json)"
                         f"; run `dlscope run NAME --out {folder}` first")
-    names = list(dict.fromkeys([*experiments.REGISTRY, *entries, *found]))
+    names = list(dict.fromkeys([*experiments.available(), *entries, *found]))
     exps = [_read_experiment(folder, n, entries.get(n) if isinstance(entries.get(n), dict)
                              else {}) for n in names]
     return Results(folder=folder, suite=suite, experiments=exps, problems=problems)

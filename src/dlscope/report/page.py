@@ -1,5 +1,6 @@
 """The page: header (profile, wall time, machine, versions, configs), contents, one group per
-part of the assignment, one section per experiment. Self-contained: CSS inline, figures as
+SECTION (in the registry's order, titled by `experiments.part_title`), one section per
+experiment. Self-contained: CSS inline, figures as
 data URIs, no script, no network (a Content-Security-Policy forbids any)."""
 
 from __future__ import annotations
@@ -8,12 +9,11 @@ import datetime as _dt
 import os
 from pathlib import Path
 
-from dlscope import __version__
+from dlscope import __version__, experiments
 from dlscope.report.collect import Experiment, Results, collect
 from dlscope.report.fmt import esc, fmt_seconds, href, kv, slug
 from dlscope.report.sections import badge, experiment_section
 
-PARTS = {"1-1": "Deep vs shallow", "1-2": "Optimization", "1-3": "Generalization"}
 ENV_FIELDS = {  # env.json key -> label, in the order shown
     "machine": [("platform", "platform"), ("processor", "processor"), ("cpus", "CPUs"),
                 ("device", "device"), ("executor", "executor"), ("workers", "workers"),
@@ -30,15 +30,12 @@ def _css() -> str:
 
 
 def groups(exps: list[Experiment]) -> list[tuple[str, str, list[Experiment]]]:
-    """(section, part name, experiments) in the assignment's order, unknown sections last."""
-    order = list(PARTS) + sorted({e.section for e in exps} - set(PARTS))
-    out = []
-    for sec in order:
-        members = [e for e in exps if e.section == sec]
-        if members:
-            out.append((sec, PARTS.get(sec, "Other experiments" if sec == "?" else sec),
-                        members))
-    return out
+    """(section, part title, experiments), sections in the order they first appear (collect
+    lists the registry's experiments first, in its order), "?" (unknown) last."""
+    order = list(dict.fromkeys(e.section for e in exps))
+    order.sort(key=lambda sec: sec == "?")                       # stable: only moves "?"
+    return [(sec, experiments.part_title(sec), [e for e in exps if e.section == sec])
+            for sec in order]
 
 
 def _env_value(exps: list[Experiment], key: str) -> str | None:
