@@ -36,6 +36,16 @@ def run(name, profile: str = "assignment", out="runs", *, executor: str = "auto"
                           overrides=overrides or None, progress=progress, log=_quiet)
 
 
+def config_of(name: str):
+    """The config class (a pydantic model) of an experiment: its fields, defaults and ranges.
+
+        cfg = dlscope.config_of("sensitivity")(batch_sizes=[32, 512])   # validated
+    """
+    from dlscope import experiments
+
+    return experiments.get(name).Config
+
+
 def load(path):
     """A finished results folder as an ExperimentResult (or a dict of them for an OUT folder)."""
     from dlscope.execution.result import load as _load

@@ -1,4 +1,4 @@
-"""The `dlscope` command: list, run, report, data, bench.
+"""The `dlscope` command: list, show, run, report, data, bench.
 
 Bad input (unknown key, wrong type, impossible value, corrupt data file) prints one line
 naming what is wrong and exits with code 2, before anything is written.
@@ -16,7 +16,7 @@ import typer
 from dlscope import __version__
 from dlscope.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="The classic experiments on how deep networks learn and generalize.")
 data_app = typer.Typer(no_args_is_help=True, help="MNIST: fetch it, or say what is cached.")
 app.add_typer(data_app, name="data")
@@ -59,11 +59,61 @@ def list_cmd(plugin: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP))
         typer.echo(f"{name:15s} {exp.SECTION:4s} {exp.TITLE}")
 
 
+def _complete_name(incomplete: str) -> list[str]:
+    """Shell completion of experiment names."""
+    from dlscope import experiments
+
+    return [n for n in [*experiments.available(), "all"] if n.startswith(incomplete)]
+
+
+def _complete_set(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Shell completion of `--set` keys of the experiment named on the command line."""
+    from dlscope import experiments
+
+    name = ctx.params.get("name")
+    if name not in experiments.available():
+        return []
+    return [f"{k}=" for k in experiments.get(name).Config.model_fields if k.startswith(incomplete)]
+
+
 @app.command()
-def run(name: str = typer.Argument(..., help="an experiment (see `dlscope list`) or `all`"),
+def show(name: Optional[str] = typer.Argument(None, help="an experiment (see `dlscope list`)",
+                                              autocompletion=_complete_name),
+         toml: bool = typer.Option(False, "--toml", help="print a complete commented TOML "
+                                   "config that --config accepts"),
+         profile: str = typer.Option("assignment", help="profile of the --toml values"),
+         markdown: bool = typer.Option(False, "--markdown", help="every experiment's keys as "
+                                       "Markdown (docs/CONFIG.md)")):
+    """An experiment's question, setting and config keys (type, default, quick, range)."""
+    from dlscope import experiments
+    from dlscope.execution import configdoc
+
+    if markdown:
+        typer.echo(configdoc.markdown([experiments.get(n) for n in experiments.available()]),
+                   nl=False)
+        return
+    if name is None:
+        raise UserError("show: name an experiment (see `dlscope list`), or pass --markdown")
+    exp = experiments.get(name)
+    if toml:
+        typer.echo(configdoc.commented_toml(exp, profile))
+        return
+    doc = (exp.__doc__ or "").strip().split("\n\n")
+    typer.echo(f"{exp.NAME} ({exp.SECTION}): {exp.TITLE}\n\n{exp.QUESTION}\n")
+    if len(doc) > 1:
+        typer.echo(doc[1].strip() + "\n")
+    typer.echo("Config keys (--set key=value, or a --config TOML file; "
+               f"`dlscope show {name} --toml` prints one):\n")
+    typer.echo(configdoc.text_table(exp))
+
+
+@app.command()
+def run(name: str = typer.Argument(..., help="an experiment (see `dlscope list`) or `all`",
+                                   autocompletion=_complete_name),
         profile: str = typer.Option("assignment", help="quick | assignment"),
         config: Optional[Path] = typer.Option(None, "--config", help="a TOML config file"),
-        set_: List[str] = typer.Option([], "--set", help="override: key=value (repeatable)"),
+        set_: List[str] = typer.Option([], "--set", help="override: key=value (repeatable)",
+                                       autocompletion=_complete_set),
         out: Path = typer.Option(Path("runs"), help="results folder"),
         executor: str = typer.Option("auto", help="auto | local | process | ray"),
         workers: Optional[int] = typer.Option(None, help="workers for process/ray"),
@@ -140,12 +190,28 @@ def _interrupted() -> None:
     sys.exit(130)
 
 
+def _run_help_table(argv: list[str]) -> str | None:
+    """`dlscope run NAME --help` ends with NAME's key table: that table, or None."""
+    if len(argv) < 3 or argv[0] != "run" or not ({"--help", "-h"} & set(argv)):
+        return None
+    from dlscope import experiments
+    from dlscope.execution import configdoc
+
+    if argv[1] not in experiments.available():
+        return None
+    return (f"Config keys of {argv[1]} (--set key=value; `dlscope show {argv[1]}` says more):"
+            f"\n\n{configdoc.text_table(experiments.get(argv[1]))}")
+
+
 def main() -> None:
     from dlscope.execution.process_env import configure_openmp
 
     configure_openmp()  # this process is ours: before any command loads torch (see there)
     try:
+        table = _run_help_table(sys.argv[1:])
         code = app(standalone_mode=False)
+        if table is not None:
+            typer.echo(table)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
