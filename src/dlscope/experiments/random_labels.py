@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 from pydantic import Field, field_validator
 
 from dlscope import models, plotting
@@ -208,6 +209,7 @@ def figures(cfg: Config, tables) -> dict:
     first = c[c.seed == c.seed.iloc[0]]
     drops = first.epoch[first.lr.diff() < 0] - 1 if "lr" in first else []
     for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         for e in drops:
             ax.axvline(e, color="C3", lw=0.8, ls="--", label=f"lr x{cfg.decay:g} after epoch {e}")
         ax.legend(fontsize=7)
