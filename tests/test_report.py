@@ -185,7 +185,7 @@ def test_numbers_observations_and_setup(results, page):
 
 
 def test_verdicts_table_at_the_top(results, page):
-    text, p = page
+    text, _ = page
     top = text[:text.index('<nav class="toc"')]
     table = top[top.index('<section class="verdicts"'):]
     rows = re.findall(r"<tr><td>.*?</tr>", table)
@@ -212,7 +212,7 @@ def test_statistics_are_shown(page):
 
 
 def test_methods_are_linked_and_copied(results, page):
-    text, p = page
+    _, p = page
     assert p.hrefs.count("METHODS.md") == 2                 # header and footer
     copy = (results / "METHODS.md").read_text()
     assert copy == (Path(__file__).parents[1] / "docs" / "METHODS.md").read_text()

@@ -313,9 +313,9 @@ def observations(cfg: Config, tables) -> list[str]:
     st = statistics(cfg, tables)
     order = list(dict.fromkeys(res.model))
     spread = (res.params.max() - res.params.min()) / res.params.min() * 100
-    out = [f"Parameter counts {res.params.min()}–{res.params.max()} (spread {spread:.2f}%, "
-           f"budget {cfg.param_budget}); {cfg.seeds} seeds per function and depth; init: "
-           f"{INIT}."]
+    out = [(f"Parameter counts {res.params.min()}–{res.params.max()} (spread {spread:.2f}%, "
+            f"budget {cfg.param_budget}); {cfg.seeds} seeds per function and depth; init: "
+            f"{INIT}.")]
     rates = ", ".join(f"{m} {100 * r:.0f}%" for m, r in st["collapse_rate_by_depth"].items())
     out.append(f"Collapsed to a constant output (dead ReLUs), over all functions: {rates}.")
     for fn in res.function.unique():

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from dlscope import models, plotting
+from dlscope import models
 from dlscope.execution.config import ExperimentConfig
 from dlscope.train.engine import TrainConfig
 from dlscope.experiments import stats
@@ -87,8 +87,8 @@ def run_fn(p: dict, ctx) -> RunResult:
 def run_fn_many(ps: list[dict], ctx) -> list[RunResult]:
     """Same-width seeds trained together as one stacked ensemble (each member equals its solo
     run to float tolerance); one by one where the model is no plain MLP."""
-    from dlscope.train.ensemble import train_ensemble
     from dlscope.train.engine import seeded_model
+    from dlscope.train.ensemble import train_ensemble
 
     ds = ctx.dataset({"kind": "mnist", **ps[0]["data"]})
     nets = [seeded_model(lambda p=p: models.build(models.parse_model(p["model"])), p["seed"])
@@ -213,7 +213,7 @@ def observations(cfg: Config, tables) -> list[str]:
     st = statistics(cfg, tables)
     order = df.drop_duplicates("model").sort_values("params")
     lo, hi = order.iloc[0], order.iloc[-1]
-    largest, second = _largest_two(df)
+    _, second = _largest_two(df)
     d = st["largest_minus_second_test_acc"]
     diff = stats.Difference(d["n_a"], d["n_b"], d["diff"], d["lo"], d["hi"], d["p_value"])
     failed = df[df.status.isin(FAILED)]

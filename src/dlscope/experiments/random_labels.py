@@ -33,7 +33,7 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 from pydantic import Field, field_validator
 
-from dlscope import models, plotting
+from dlscope import models
 from dlscope.execution.config import ExperimentConfig
 from dlscope.train.engine import TrainConfig, evaluate, seeded_model, train
 from dlscope.experiments import stats
