@@ -22,6 +22,9 @@ from dlscope.report.fmt import fmt_number
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HOSTILE = "<script>alert('x')</script> & \"quotes\""
+VERDICT = {"claim": "More parameters do not hurt", "source": "Neyshabur et al. 2015",
+           "published": "qualitative", "statistic": "Spearman ρ = +0.88 (p = 0.0001, n = 40)",
+           "rule": "trend rule", "outcome": "reproduced"}
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
         "track", "wbr"}
 
@@ -46,7 +49,16 @@ def make_results(out: Path) -> Path:
         "experiment": "param-count", "title": "Parameters vs generalization", "section": "1-3",
         "question": "Does test accuracy follow parameter count?", "profile": "quick",
         "wall_s": 1.5, "runs": 40, "failed": [], "flagged": [],
-        "observations": ["Forty models."], "headline": {"best_test_acc": 0.89}}))
+        "observations": ["Forty models."], "headline": {"best_test_acc": 0.89},
+        "statistics": {"interval": "t-interval of the mean", "settings": {"m1": {
+            "test_acc": {"n": 3, "median": 0.5123, "mean": 0.51, "lo": 0.4987, "hi": 0.5213,
+                         "method": "t-interval of the mean"},
+            "failures": {"runs": 4, "diverged": 1, "diverged_rate": 0.25}}},
+            "trend": {"n": 40, "rho": 0.8765, "p_value": 0.0001},
+            "largest_minus_second": {"n_a": 3, "n_b": 3, "diff": 0.0012, "lo": -0.0034,
+                                     "hi": 0.0058, "p_value": 0.6, "clear": False}},
+        "verdicts": [VERDICT, {**VERDICT, "claim": f"Under-trained claim {HOSTILE}",
+                               "outcome": "pipeline check"}, "not a verdict"]}))
     # an interrupted experiment: config written, no summary
     (out / "weight-pca").mkdir()
     (out / "weight-pca" / "config.toml").write_text("seed = 0\n")
@@ -144,7 +156,7 @@ def test_every_experiment_has_a_section_in_the_assignments_order(results, page):
 def test_figures_are_embedded_pngs(results, page):
     _, p = page
     files = sorted((results / "function-fit" / "figures").glob("*.png"))
-    assert len(files) == 2 and len(p.imgs) == len(files)
+    assert len(files) == 3 and len(p.imgs) == len(files)
     for img, f in zip(p.imgs, files):
         head, data = img["src"].split(",", 1)
         assert head == "data:image/png;base64"
@@ -170,6 +182,42 @@ def test_numbers_observations_and_setup(results, page):
     for key in ("python", "torch", "numpy", "platform"):
         assert str(env[key]) in body
     assert "quick" in body and "12.5 s (run all)" in body              # profile, suite wall time
+
+
+def test_verdicts_table_at_the_top(results, page):
+    text, _ = page
+    top = text[:text.index('<nav class="toc"')]
+    table = top[top.index('<section class="verdicts"'):]
+    rows = re.findall(r"<tr><td>.*?</tr>", table)
+    # function-fit (quick: a pipeline check) and param-count's two well-formed verdicts
+    fit = json.loads((results / "function-fit" / "summary.json").read_text())["verdicts"]
+    assert len(rows) == len(fit) + 2
+    for col in ("claim", "source", "published number", "statistic here", "outcome"):
+        assert f">{col}</th>" in table
+    assert sum("pipeline check, not evidence" in r for r in rows) == len(fit) + 1
+    pc = [r for r in rows if 'href="#exp-param-count"' in r]
+    assert "<strong>reproduced</strong>" in pc[0] and "Neyshabur et al. 2015" in pc[0]
+    assert "Spearman ρ = +0.88" in pc[0] and 'title="trend rule"' in pc[0]
+    assert html.escape(f"Under-trained claim {HOSTILE}") in pc[1]
+
+
+def test_statistics_are_shown(page):
+    text, _ = page
+    sec = text[text.index('id="exp-param-count"'):]
+    sec = sec[:sec.index("</section>")]
+    stats = sec[sec.index("Statistics over seeds"):]
+    assert "0.5123" in stats and "[0.4987, 0.5213]" in stats and "t-interval of the mean" in stats
+    assert "diverged: 1 (25%)" in stats
+    assert "0.8765" in stats and "no clear difference" in stats
+
+
+def test_methods_are_linked_and_copied(results, page):
+    _, p = page
+    assert p.hrefs.count("METHODS.md") == 2                 # header and footer
+    copy = (results / "METHODS.md").read_text()
+    assert copy == (Path(__file__).parents[1] / "docs" / "METHODS.md").read_text()
+    for name in experiments.REGISTRY:                         # a section per experiment
+        assert f"### {name}" in copy
 
 
 def test_failures_and_flags_are_in_visible_boxes(page):

@@ -11,7 +11,7 @@ from dlscope.execution.runspec import RunResult, RunSpec
 from dlscope.execution.store import Store
 
 ARGS = ["--profile", "quick", "--set", "epochs=1000", "--set", "converge_window=5000",
-        "--set", "functions=['sinc','sin-log']",
+        "--set", "functions=['sinc','sin-log']", "--set", "seeds=1",
         "--executor", "local", "--threads", "1"]
 
 
@@ -54,7 +54,7 @@ def test_interrupted_sweep_resumes(tmp_path):
     assert not (out / "function-fit" / "summary.json").exists()
 
     settings = {"profile": "quick", "epochs": 1000, "converge_window": 5000,
-                "functions": ["sinc", "sin-log"], "executor": "local", "threads": 1}
+                "functions": ["sinc", "sin-log"], "executor": "local", "threads": 1, "seeds": 1}
     r = dlscope.run("function-fit", out=out, **settings)
     assert r.summary["reused"] == len(kept)
     assert r.summary["runs"] == 6 and r.summary["computed"] == 6 - len(kept)

@@ -43,7 +43,7 @@ from dlscope import models, plotting
 from dlscope.execution.config import ExperimentConfig
 from dlscope.data import MnistOptions, mnist_dataset
 from dlscope.train.engine import TrainConfig
-from dlscope.experiments.mnist_common import mnist_spec, train_and_evaluate
+from dlscope.experiments.common import mnist_spec, train_and_evaluate
 from dlscope.metrics.interpolation import alpha_grid, evaluate_classifier, interpolate
 from dlscope.execution.runspec import RunResult, RunSpec
 

@@ -14,14 +14,11 @@ Expected (SCIENCE.md §3): accuracy rises with the parameter count and saturates
 test separate once a model can fit its 5,000 images: over-parameterised nets still
 generalize, and more parameters do not hurt the test accuracy (Zhang et al. 2017; Neyshabur
 et al. 2017).
-Measured (assignment profile, seed 0): from 1,600 parameters (w=2: train 58.1% / test 55.3%)
-to 814,090 (w=1024: train 100% with loss 3e-4 / test 95.5% with loss 0.21); train accuracy
-is 100% from 50,890 parameters on; the train-test accuracy gap peaks at 8 points
-(w=16-32) and falls to 4.5 at w=1024; the test loss decreases monotonically in this range.
 
-Wall time on this 2-core CPU, shared with other jobs while measured (load ~3): assignment
-19 s (10 runs on 2 process workers; 44 s at load ~4); quick 8 s (3 widths spanning 127x,
-1,000 images, 3 epochs).
+Each width trains from `seeds` initialisations (seed, seed+1, ...: init and batch order; the
+subset is fixed by `seed`); same-width seeds train together as one stacked ensemble
+(`dlscope.train.ensemble`). Statistics per width: median and 95% t-interval of the mean over
+seeds; the verdicts use Spearman's rho of test accuracy against parameter count.
 """
 
 from __future__ import annotations
@@ -32,10 +29,12 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from dlscope import models, plotting
+from dlscope import models
 from dlscope.execution.config import ExperimentConfig
 from dlscope.train.engine import TrainConfig
-from dlscope.experiments.mnist_common import train_and_evaluate
+from dlscope.experiments import stats
+from dlscope.experiments.common import (FAILED, ensemble_ok, full_metrics, loss_accuracy_figure,
+                                        seeds_of, setting_statistics, train_and_evaluate)
 from dlscope.execution.runspec import RunResult, RunSpec
 
 NAME = "param-count"
@@ -55,10 +54,14 @@ class Config(ExperimentConfig):
     epochs: int = Field(30, ge=1, description="training epochs for every model")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate")
     batch_size: int = Field(64, ge=1, description="minibatch size")
-    seed: int = Field(0, ge=0, description="seed of the subset, inits and batch order")
+    seeds: int = Field(3, ge=1, description="seeds per width (init and batch order)")
+    seed: int = Field(0, ge=0, description="seed of the subset; first init/order seed")
 
 
-PROFILES = {"quick": {"widths": [2, 32, 256], "train_subset": 1000, "epochs": 3}}
+PROFILES = {"quick": {"widths": [2, 32, 256], "train_subset": 1000, "epochs": 3, "seeds": 2}}
+FIT = 0.99     # train accuracy from which a model has fitted its training set
+SOURCES = {"rise": "Zhang et al. 2017 (arXiv:1611.03530); HW1 1-3 (SCIENCE.md §3)",
+           "fitted": "Neyshabur et al. 2015 (arXiv:1412.6614); Zhang et al. 2017"}
 
 
 def specs(cfg: Config) -> list[models.MLPSpec]:
@@ -70,21 +73,38 @@ def runs(cfg: Config) -> list[RunSpec]:
     train_cfg = TrainConfig(lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size,
                             eval_test=False)
     data = {"train_subset": cfg.train_subset or None, "seed": cfg.seed, "flatten": True}
-    return [RunSpec(NAME, spec.name, f"{__name__}:run_fn",
+    return [RunSpec(NAME, f"{spec.name}/seed={s}", f"{__name__}:run_fn",
                     {"model": spec.model_dump(mode="json"), "data": data,
-                     "train": train_cfg.model_dump(), "seed": cfg.seed})
-            for spec in specs(cfg)]
+                     "train": train_cfg.model_dump(), "seed": s}, group=spec.name)
+            for spec in specs(cfg) for s in seeds_of(cfg)]
 
 
 def run_fn(p: dict, ctx) -> RunResult:
     model, ds, res, m = train_and_evaluate(p, ctx)
-    train_loss, train_acc, test_loss, test_acc = (
-        m["train_loss"], m["train_acc"], m["test_loss"], m["test_acc"])
+    return _result(model, ds, res, m)
+
+
+def run_fn_many(ps: list[dict], ctx) -> list[RunResult]:
+    """Same-width seeds trained together as one stacked ensemble (each member equals its solo
+    run to float tolerance); one by one where the model is no plain MLP."""
+    from dlscope.train.engine import seeded_model
+    from dlscope.train.ensemble import train_ensemble
+
+    ds = ctx.dataset({"kind": "mnist", **ps[0]["data"]})
+    nets = [seeded_model(lambda p=p: models.build(models.parse_model(p["model"])), p["seed"])
+            .to(ctx.device) for p in ps]
+    if not ensemble_ok(nets) or any(p["data"] != ps[0]["data"] for p in ps):
+        return [run_fn(p, ctx) for p in ps]
+    results = train_ensemble(nets, ds, [TrainConfig(**p["train"]) for p in ps],
+                             [p["seed"] for p in ps])
+    return [_result(m, ds, r, full_metrics(m, ds)) for m, r in zip(nets, results)]
+
+
+def _result(model, ds, res, m: dict) -> RunResult:
     return RunResult(
         values={"status": res.status, "epochs_run": res.epochs_run, "wall_s": res.wall_s,
                 "module_params": models.module_params(model), "n_train": ds.n_train,
-                "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
-                "test_acc": test_acc, "running_train_loss": res.final("train_loss")},
+                **m, "running_train_loss": res.final("train_loss")},
         arrays={"running_train_loss": np.asarray(res.history["train_loss"], np.float64)})
 
 
@@ -97,56 +117,127 @@ def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
             raise RuntimeError(f"{d['model']}: module has {v['module_params']} parameters, "
                                f"count_params says {d['params']}")
         rows.append({"model": d["model"], "widths": d["widths"], "params": d["params"],
+                     "seed": spec.params["seed"],
                      **{k: v[k] for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
                      "gap_acc": v["train_acc"] - v["test_acc"],
                      "gap_loss": v["test_loss"] - v["train_loss"], "n_train": v["n_train"],
                      "epochs": v["epochs_run"], "status": v["status"], "wall_s": v["wall_s"]})
-    df = pd.DataFrame(rows).sort_values("params", ignore_index=True)
+    df = pd.DataFrame(rows).sort_values(["params", "seed"], ignore_index=True)
+    df["failed"] = df.status.isin(FAILED)
     return {"results": df}
-
-
-_WORD = {"loss": "loss", "acc": "accuracy"}
 
 
 def figures(cfg: Config, tables) -> dict:
     df = tables["results"]
-    fig, (ax1, ax2) = plotting.figure(ncols=2)
-    for ax, key, scale, unit in ((ax1, "loss", 1, "cross-entropy (log)"),
-                                 (ax2, "acc", 100, "accuracy (%)")):
-        ax.plot(df.params, scale * df[f"train_{key}"], "o-", label="train (full evaluation)")
-        ax.plot(df.params, scale * df[f"test_{key}"], "s-", label="test")
-        ax.set_xscale("log")
-        if key == "loss":
-            ax.set_yscale("log")
-        n = int(df.n_train.iloc[0])
-        plotting.finish(ax, f"{_WORD[key]} vs parameters ({n:,} train images)",
-                        "parameters (log)", unit)
+    n = int(df.n_train.iloc[0])
+    fig, _ = loss_accuracy_figure(
+        df, "params", {"train (full evaluation)": "train", "test": "test"}, logx=True,
+        titles=(f"loss vs parameters ({n:,} train images)",
+                f"accuracy vs parameters (faint: each of {df.seed.nunique()} seeds)"),
+        xlabel="parameters (log)")
     return {"loss_accuracy": fig}
+
+
+def _ok(df: pd.DataFrame) -> pd.DataFrame:
+    return df[~df.status.isin(FAILED)]
+
+
+def _fitted(df: pd.DataFrame) -> pd.DataFrame:
+    """The finished runs of the widths whose median train accuracy is >= FIT."""
+    ok = _ok(df)
+    med = ok.groupby("model").train_acc.median()
+    return ok[ok.model.isin(med[med >= FIT].index)]
+
+
+def statistics(cfg: Config, tables) -> dict:
+    df = tables["results"]
+    ok, fit = _ok(df), _fitted(df)
+    largest, second = _largest_two(df)
+    return {"interval": "t-interval (95%) of the mean over the seeds that finished; "
+                        "median shown",
+            "settings": setting_statistics(
+                df, ["model"], ["train_acc", "test_acc", "train_loss", "test_loss", "gap_acc"]),
+            "test_acc_vs_params": stats.trend(ok.params, ok.test_acc).to_dict(),
+            "test_acc_vs_params_fitted": stats.trend(fit.params, fit.test_acc).to_dict(),
+            "fitted_models": sorted(fit.model.unique(), key=models.count_params),
+            "largest_minus_second_test_acc": stats.compare(
+                ok[ok.model == second].test_acc, ok[ok.model == largest].test_acc).to_dict()}
+
+
+def _largest_two(df: pd.DataFrame) -> tuple[str, str]:
+    order = df.drop_duplicates("model").sort_values("params").model.tolist()
+    return order[-1], order[-2]
+
+
+def verdicts(cfg: Config, tables) -> list[stats.Verdict]:
+    df = tables["results"]
+    ok, fit = _ok(df), _fitted(df)
+    rise = ("Test accuracy rises with the parameter count of one structure; over-parameterised "
+            "nets still generalize")
+    no_harm = ("Once a model fits its training set, more parameters do not hurt its test "
+               "accuracy (it keeps rising or stays flat)")
+    published = {"rise": "qualitative (CIFAR-10/ImageNet nets with more parameters than images "
+                         "generalize)",
+                 "fitted": "qualitative: test error keeps falling as hidden units grow past the "
+                           "size that reaches 0 training error (Fig. 1, MNIST and CIFAR-10)"}
+    top = ok[ok.params == ok.params.max()]
+    if not len(top) or top.train_acc.median() < FIT:
+        why = (f"the largest model reaches a median train accuracy of "
+               f"{100 * top.train_acc.median():.1f}% (< {100 * FIT:.0f}%): train and test have "
+               "not separated, the sweep is under-trained")
+        return [stats.pipeline_check(rise, SOURCES["rise"], published["rise"], why),
+                stats.pipeline_check(no_harm, SOURCES["fitted"], published["fitted"], why)]
+    t_all = stats.trend(ok.params, ok.test_acc)
+    t_fit = stats.trend(fit.params, fit.test_acc)
+    n_fit = fit.model.nunique()
+    return [
+        stats.Verdict(rise, SOURCES["rise"], published["rise"],
+                      f"test accuracy vs parameters over {ok.model.nunique()} widths x seeds: "
+                      f"{t_all.text()}", stats.TREND_RULE, stats.outcome_of_trend(t_all, +1)),
+        stats.Verdict(no_harm, SOURCES["fitted"], published["fitted"],
+                      f"over the {n_fit} widths with median train accuracy >= {100 * FIT:.0f}%: "
+                      f"{t_fit.text()}",
+                      "reproduced if Spearman's rho >= 0 is not contradicted: rho > 0 with "
+                      "p < 0.05 reproduces, rho < 0 with p < 0.05 does not; otherwise (or fewer "
+                      "than 5 points, or fewer than 2 fitted widths) inconclusive",
+                      "inconclusive" if n_fit < 2 else stats.outcome_of_trend(t_fit, +1))]
+
+
+def _iv(st: dict, model: str, key: str, pct: bool = True) -> str:
+    iv = stats.Interval(**st["settings"][model][key])
+    return iv.text(".1f", 100, "%") if pct else iv.text(".2g")
 
 
 def observations(cfg: Config, tables) -> list[str]:
     df = tables["results"]
-    lo, hi = df.iloc[0], df.iloc[-1]
-    best = df.loc[df.test_acc.idxmax()]
-    best_loss = df.loc[df.test_loss.idxmin()]
-    return [
-        (f"{len(df)} models from {lo.params:,} to {hi.params:,} parameters "
-         f"({hi.params / lo.params:.0f}x), {int(lo.epochs)} epochs on {int(lo.n_train):,} "
-         f"images."),
-        (f"Smallest ({lo.model}): train {100 * lo.train_acc:.1f}% / test "
-         f"{100 * lo.test_acc:.1f}%; largest ({hi.model}): train {100 * hi.train_acc:.1f}% / "
-         f"test {100 * hi.test_acc:.1f}% (train loss {hi.train_loss:.2g}, test loss "
-         f"{hi.test_loss:.2g})."),
-        (f"Best test accuracy {100 * best.test_acc:.2f}% at {best.params:,} parameters; "
-         f"lowest test loss {best_loss.test_loss:.3g} at {best_loss.params:,} parameters; "
-         f"train-test accuracy gap {100 * lo.gap_acc:.1f} points at the smallest model, "
-         f"{100 * df.gap_acc.max():.1f} at most, {100 * hi.gap_acc:.1f} at the largest."),
+    st = statistics(cfg, tables)
+    order = df.drop_duplicates("model").sort_values("params")
+    lo, hi = order.iloc[0], order.iloc[-1]
+    _, second = _largest_two(df)
+    d = st["largest_minus_second_test_acc"]
+    diff = stats.Difference(d["n_a"], d["n_b"], d["diff"], d["lo"], d["hi"], d["p_value"])
+    failed = df[df.status.isin(FAILED)]
+    out = [
+        (f"{len(order)} models from {lo.params:,} to {hi.params:,} parameters "
+         f"({hi.params / lo.params:.0f}x), {df.seed.nunique()} seeds each, {int(lo.epochs)} "
+         f"epochs on {int(lo.n_train):,} images."),
+        (f"Smallest ({lo.model}): train {_iv(st, lo.model, 'train_acc')}, test "
+         f"{_iv(st, lo.model, 'test_acc')}. Largest ({hi.model}): train "
+         f"{_iv(st, hi.model, 'train_acc')}, test {_iv(st, hi.model, 'test_acc')}, test loss "
+         f"{_iv(st, hi.model, 'test_loss', pct=False)}."),
+        (f"Test accuracy vs parameters: {stats.Trend(**st['test_acc_vs_params']).text()}; "
+         f"largest vs second largest ({second}): {diff.text('.2f', 100, ' points')}."),
     ]
+    if len(failed):
+        out.append(f"Failed runs (not in the statistics): "
+                   f"{', '.join(f'{r.model}/seed={r.seed} ({r.status})' for r in failed.itertuples())}.")
+    return out
 
 
 def headline(cfg: Config, tables) -> dict:
-    df = tables["results"]
+    df = _ok(tables["results"])
+    med = df.groupby("params")[["train_acc", "test_acc"]].median()
     return {"params_min": int(df.params.min()), "params_max": int(df.params.max()),
-            "test_acc_min": float(df.test_acc.min()), "test_acc_max": float(df.test_acc.max()),
-            "train_acc_min": float(df.train_acc.min()),
-            "train_acc_max": float(df.train_acc.max())}
+            "test_acc_min": float(med.test_acc.min()), "test_acc_max": float(med.test_acc.max()),
+            "train_acc_min": float(med.train_acc.min()),
+            "train_acc_max": float(med.train_acc.max())}

@@ -20,27 +20,26 @@ Expected (Zhang et al. 2017, arXiv:1611.03530): the net memorizes the random lab
 accuracy towards 100%, while the test accuracy stays at chance (~10%); memorization starts
 slowly (the loss sits near ln 10 for several epochs) and then accelerates. SCIENCE.md: a
 784-700x3 MLP reached 100% train accuracy on MNIST in ~50 epochs.
-Measured (assignment profile, seed 0): train loss stays near ln 10 for ~5 epochs; train
-accuracy passes 50% at epoch 12, 90% at epoch 21, 95% at epoch 25 and ends at 97.5% (loss
-0.096) after 30 epochs, while the test accuracy stays at 10.7% and the test loss climbs to
-8.4. About 90% of the labels actually differ from the truth (a random label may hit the
-true class).
-
-Wall time on this 2-core CPU, shared with other jobs while measured (load 3-6): assignment
-127 s (1 run, 2 threads; 8 min at load ~6); quick 7 s (a 1,000-image subset, MLP
-784-256-10, 4 epochs: it does NOT memorize, ~30% train accuracy; it only shows the pipeline).
+Seeds: `seeds` trainings (init and batch order from seed, seed+1, ...) on the same random
+labels (fixed by `seed`, as Zhang et al. fix theirs); same-shape MLP seeds train together as
+one stacked ensemble (`dlscope.train.ensemble`). The verdict reads the median and 95%
+t-interval over seeds of the final train and test accuracy (rule in `verdicts`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 from pydantic import Field, field_validator
 
-from dlscope import models, plotting
+from dlscope import models
 from dlscope.execution.config import ExperimentConfig
 from dlscope.train.engine import TrainConfig, evaluate, seeded_model, train
-from dlscope.experiments.mnist_common import mnist_spec
+from dlscope.experiments import stats
+from dlscope.experiments.common import (FAILED, ensemble_ok, loss_accuracy_figure,
+                                        mnist_data_options, mnist_spec, seeds_of,
+                                        setting_statistics)
 from dlscope.execution.runspec import RunResult, RunSpec
 
 NAME = "random-labels"
@@ -63,7 +62,8 @@ class Config(ExperimentConfig):
     batch_size: int = Field(128, ge=1, description="minibatch size")
     decay_epoch: int = Field(24, ge=0, description="epochs before the lr drops; 0: constant lr")
     decay: float = Field(0.1, gt=0, le=1, description="lr factor after decay_epoch")
-    seed: int = Field(0, ge=0, description="seed of the labels, the subset, init and order")
+    seeds: int = Field(3, ge=1, description="trainings (init and batch order seeds)")
+    seed: int = Field(0, ge=0, description="seed of the labels and subset; first init seed")
 
     @field_validator("model")
     @classmethod
@@ -73,21 +73,26 @@ class Config(ExperimentConfig):
 
 
 PROFILES = {"quick": {"model": "mlp:784-256-10", "train_subset": 1000, "epochs": 4,
-                      "decay_epoch": 3}}
+                      "decay_epoch": 3, "seeds": 2}}
+MIN_EPOCHS = 20        # fewer epochs: under-trained (memorization takes 20-30), no verdict
+MEMORIZED = 0.95       # median final train accuracy on the random labels that counts as ~100%
+CHANCE = (0.08, 0.12)  # test accuracy interval that counts as chance (10% ± 2 points)
+SOURCE = "Zhang et al. 2017 (arXiv:1611.03530)"
+PUBLISHED = "CIFAR-10 MLP 1x512: 99.34% train / 10.61% test accuracy on random labels"
 
 
 def data_options(cfg: Config) -> dict:
-    spec = mnist_spec(cfg.model)
-    return {"label_noise": cfg.label_noise, "train_subset": cfg.train_subset or None,
-            "seed": cfg.seed, "flatten": isinstance(spec, models.MLPSpec)}
+    return mnist_data_options(cfg.model, cfg.train_subset, cfg.seed, label_noise=cfg.label_noise)
 
 
 def runs(cfg: Config) -> list[RunSpec]:
     train_cfg = TrainConfig(lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size)
-    return [RunSpec(NAME, f"p={cfg.label_noise:g}", f"{__name__}:run_fn",
-                    {"model": mnist_spec(cfg.model).model_dump(mode="json"),
-                     "data": data_options(cfg), "train": train_cfg.model_dump(),
-                     "decay_epoch": cfg.decay_epoch, "decay": cfg.decay, "seed": cfg.seed})]
+    spec = mnist_spec(cfg.model)
+    return [RunSpec(NAME, f"p={cfg.label_noise:g}/seed={s}", f"{__name__}:run_fn",
+                    {"model": spec.model_dump(mode="json"), "data": data_options(cfg),
+                     "train": train_cfg.model_dump(), "decay_epoch": cfg.decay_epoch,
+                     "decay": cfg.decay, "seed": s}, group=spec.name)
+            for s in seeds_of(cfg)]
 
 
 def phases(train_cfg: dict, decay_epoch: int, decay: float) -> list[TrainConfig]:
@@ -100,37 +105,62 @@ def phases(train_cfg: dict, decay_epoch: int, decay: float) -> list[TrainConfig]
 
 
 def run_fn(p: dict, ctx) -> RunResult:
-    ds = ctx.dataset({"kind": "mnist", **p["data"]})
-    clean = ctx.dataset({"kind": "mnist", **p["data"], "label_noise": 0.0})
-    changed = float((ds.y_train != clean.y_train).double().mean())
-    spec = models.parse_model(p["model"])
-    model = seeded_model(lambda: models.build(spec), p["seed"]).to(ctx.device)
-    full: dict[str, list] = {k: [] for k in ("epoch", "train_loss", "train_acc", "test_loss",
-                                             "test_acc", "running_loss", "running_acc", "lr")}
-    offset, status, wall = 0, "ok", 0.0
-    for i, tc in enumerate(phases(p["train"], p["decay_epoch"], p["decay"])):
+    return _train_all([p], ctx)[0]
 
-        def on_epoch(epoch, m, metrics, i=i, tc=tc, start=offset):  # whole train set, at end
+
+def run_fn_many(ps: list[dict], ctx) -> list[RunResult]:
+    """Seeds of one MLP trained together as one stacked ensemble, phase by phase (each member
+    equals its solo run to float tolerance); one by one where the model is no plain MLP."""
+    return _train_all(ps, ctx)
+
+
+def _train_all(ps: list[dict], ctx) -> list[RunResult]:
+    from dlscope.train.ensemble import train_ensemble
+
+    ds = ctx.dataset({"kind": "mnist", **ps[0]["data"]})
+    clean = ctx.dataset({"kind": "mnist", **ps[0]["data"], "label_noise": 0.0})
+    changed = float((ds.y_train != clean.y_train).double().mean())
+    nets = [seeded_model(lambda p=p: models.build(models.parse_model(p["model"])), p["seed"])
+            .to(ctx.device) for p in ps]
+    together = len(ps) > 1 and ensemble_ok(nets) and all(p["data"] == ps[0]["data"] for p in ps)
+    keys = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "running_loss",
+            "running_acc", "lr")
+    full = [{k: [] for k in keys} for _ in ps]
+    offset, status, wall = [0] * len(ps), ["ok"] * len(ps), [0.0] * len(ps)
+    alive = list(range(len(ps)))
+    for i, tc in enumerate(phases(ps[0]["train"], ps[0]["decay_epoch"], ps[0]["decay"])):
+
+        def on_epoch(epoch, m, metrics, e, i=i, tc=tc):  # whole train set, at the epoch's end
             if i > 0 and epoch == 0:
                 return  # already logged as the last epoch of the previous phase
             loss, acc = evaluate(m, ds.x_train, ds.y_train, True)
-            for k, v in (("epoch", start + epoch), ("train_loss", loss), ("train_acc", acc),
+            for k, v in (("epoch", offset[e] + epoch), ("train_loss", loss), ("train_acc", acc),
                          ("test_loss", metrics["test_loss"]), ("test_acc", metrics["test_acc"]),
                          ("running_loss", metrics["train_loss"]),
                          ("running_acc", metrics["train_acc"]), ("lr", tc.lr)):
-                full[k].append(np.nan if v is None else v)
+                full[e][k].append(np.nan if v is None else v)
 
-        res = train(model, ds, tc, seed=p["seed"] + i, on_epoch=on_epoch)
-        offset += res.epochs_run
-        wall += res.wall_s
-        if res.status == "diverged":
-            status = "diverged"
+        cbs = [lambda ep, m, met, e=e: on_epoch(ep, m, met, e) for e in alive]
+        seeds = [ps[e]["seed"] + i for e in alive]
+        if together:
+            results = train_ensemble([nets[e] for e in alive], ds, tc, seeds, on_epoch=cbs)
+        else:
+            results = [train(nets[e], ds, tc, seed=s, on_epoch=cb)
+                       for e, s, cb in zip(alive, seeds, cbs)]
+        for e, res in zip(list(alive), results):
+            offset[e] += res.epochs_run
+            wall[e] += res.wall_s
+            if res.status == "diverged":
+                status[e] = "diverged"
+                alive.remove(e)
+        if not alive:
             break
-    return RunResult(
-        values={"status": status, "epochs_run": offset, "wall_s": wall, "n_train": ds.n_train,
-                "labels_changed": changed, "params": models.module_params(model)},
+    return [RunResult(
+        values={"status": status[e], "epochs_run": offset[e], "wall_s": wall[e],
+                "n_train": ds.n_train, "labels_changed": changed,
+                "params": models.module_params(nets[e])},
         arrays={k: np.asarray(v, dtype=np.int64 if k == "epoch" else np.float64)
-                for k, v in full.items()})
+                for k, v in full[e].items()}) for e in range(len(ps))]
 
 
 def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
@@ -138,13 +168,15 @@ def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
     for spec, r in results:
         a = r.arrays
         n = len(a["epoch"])
-        curves.append(pd.DataFrame({"label_noise": cfg.label_noise, "epoch": a["epoch"],
+        seed = spec.params["seed"]
+        curves.append(pd.DataFrame({"label_noise": cfg.label_noise, "seed": seed,
+                                    "epoch": a["epoch"],
                                     **{k: a[k][:n] for k in ("train_loss", "train_acc",
                                                              "test_loss", "test_acc",
                                                              "running_loss", "running_acc",
                                                              "lr")}}))
         c = curves[-1]
-        row = {"model": models.parse_model(spec.params["model"]).name,
+        row = {"model": models.parse_model(spec.params["model"]).name, "seed": seed,
                "params": r.values["params"], "n_train": r.values["n_train"],
                "label_noise": cfg.label_noise, "labels_changed": r.values["labels_changed"],
                "epochs": int(c.epoch.max()), "status": r.values["status"],
@@ -166,48 +198,99 @@ def first_epoch(curve: pd.DataFrame, threshold: float) -> float:
 
 
 def figures(cfg: Config, tables) -> dict:
-    c = tables["curves"]
-    fig, (ax1, ax2) = plotting.figure(ncols=2)
-    ax1.plot(c.epoch, c.train_loss, label="train (random labels)")
-    ax1.plot(c.epoch, c.test_loss, label="test (true labels)")
-    ax1.axhline(np.log(10), color="grey", lw=0.8, ls=":", label="ln 10 (chance)")
-    ax1.set_yscale("log")
-    ax2.plot(c.epoch, 100 * c.train_acc, label="train (random labels)")
-    ax2.plot(c.epoch, 100 * c.test_acc, label="test (true labels)")
-    ax2.axhline(10, color="grey", lw=0.8, ls=":", label="chance")
-    ax2.set_ylim(0, 101)
-    drops = c.epoch[c.lr.diff() < 0] - 1 if "lr" in c else []
-    for ax in (ax1, ax2):
+    c = tables["curves"].copy()
+    res = tables["results"]
+    c["failed"] = c.seed.isin(res.seed[res.status.isin(FAILED)])
+    fig, axes = loss_accuracy_figure(
+        c, "epoch", {"train (random labels)": "train", "test (true labels)": "test"},
+        titles=(f"Random labels (p={cfg.label_noise:g}): loss (faint: each seed)",
+                "accuracy (whole sets, eval mode, end of epoch)"), xlabel="epoch", chance=True)
+    axes[1].set_ylim(0, 101)
+    first = c[c.seed == c.seed.iloc[0]]
+    drops = first.epoch[first.lr.diff() < 0] - 1 if "lr" in first else []
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         for e in drops:
             ax.axvline(e, color="C3", lw=0.8, ls="--", label=f"lr x{cfg.decay:g} after epoch {e}")
-    plotting.finish(ax1, f"Random labels (p={cfg.label_noise:g}): loss", "epoch",
-                    "cross-entropy (log)")
-    plotting.finish(ax2, "accuracy (whole sets, eval mode, end of epoch)", "epoch",
-                    "accuracy (%)")
+        ax.legend(fontsize=7)
     return {"loss_accuracy": fig}
 
 
+def statistics(cfg: Config, tables) -> dict:
+    res = tables["results"]
+    return {"interval": "t-interval (95%) of the mean over the seeds that did not diverge; "
+                        "median shown",
+            "settings": setting_statistics(
+                res, ["label_noise"], ["final_train_acc", "final_test_acc", "max_train_acc",
+                                       "final_train_loss", "final_test_loss",
+                                       *[f"epoch_{round(t * 100)}" for t in THRESHOLDS]]),
+            "reached": {f"epoch_{round(t * 100)}": int(res[f"epoch_{round(t * 100)}"].notna().sum())
+                        for t in THRESHOLDS}}
+
+
+def verdicts(cfg: Config, tables) -> list[stats.Verdict]:
+    res = tables["results"]
+    ok = res[~res.status.isin(FAILED)]
+    claim = ("A network memorizes uniformly random training labels (train accuracy towards "
+             "100%) while its test accuracy stays at chance (10%)")
+    if cfg.epochs < MIN_EPOCHS:
+        return [stats.pipeline_check(claim, SOURCE, PUBLISHED,
+                                     f"{cfg.epochs} epochs (< {MIN_EPOCHS}): memorization "
+                                     "takes 20-30 epochs here, the nets are under-trained")]
+    tr, te = stats.interval(ok.final_train_acc), stats.interval(ok.final_test_acc)
+    if tr.n < stats.MIN_SEEDS:
+        outcome = "inconclusive"
+    elif (tr.median >= MEMORIZED and tr.lo >= MEMORIZED - 0.05 and CHANCE[0] <= te.lo
+          and te.hi <= CHANCE[1]):
+        outcome = "reproduced"
+    elif tr.hi < MEMORIZED - 0.05 or te.lo > CHANCE[1] or te.hi < CHANCE[0]:
+        outcome = "not reproduced"
+    else:
+        outcome = "inconclusive"
+    return [stats.Verdict(
+        claim, SOURCE, PUBLISHED,
+        f"final train accuracy {tr.text('.1f', 100, '%')}; test accuracy "
+        f"{te.text('.1f', 100, '%')}",
+        f"reproduced if the median train accuracy is >= {100 * MEMORIZED:.0f}% with the "
+        f"interval's low end >= {100 * MEMORIZED - 5:.0f}%, and the test interval lies within "
+        f"[{100 * CHANCE[0]:.0f}%, {100 * CHANCE[1]:.0f}%]; not reproduced if the train "
+        f"interval lies below {100 * MEMORIZED - 5:.0f}% or the test interval outside that "
+        "band; otherwise (or fewer than 2 seeds) inconclusive", outcome)]
+
+
 def observations(cfg: Config, tables) -> list[str]:
+    res = tables["results"]
+    st = statistics(cfg, tables)["settings"]
     out = []
-    for r in tables["results"].itertuples():
+    for noise, g in res.groupby("label_noise", sort=False):
+        s = st[str(noise)]
+        iv = {k: stats.Interval(**s[k]) for k in s if k != "failures"}
+        r = g.iloc[0]
         text = (f"{r.model} ({r.params:,} params) on {r.n_train:,} images with a fraction "
-                f"{r.label_noise:g} of random labels ({100 * r.labels_changed:.1f}% of labels "
-                f"actually changed): after {r.epochs} epochs train accuracy "
-                f"{100 * r.final_train_acc:.1f}% (max {100 * r.max_train_acc:.1f}%), train loss "
-                f"{r.final_train_loss:.3g}; test accuracy {100 * r.final_test_acc:.1f}%, test "
-                f"loss {r.final_test_loss:.3g}.")
+                f"{noise:g} of random labels ({100 * r.labels_changed:.1f}% of labels "
+                f"actually changed), {len(g)} seeds: after {r.epochs} epochs train accuracy "
+                f"{iv['final_train_acc'].text('.1f', 100, '%')}, test accuracy "
+                f"{iv['final_test_acc'].text('.1f', 100, '%')}, test loss "
+                f"{iv['final_test_loss'].text('.3g')}.")
         if 0 < cfg.decay_epoch < r.epochs:
-            text += (f" Adam lr {cfg.lr:g}, x{cfg.decay:g} after epoch {cfg.decay_epoch}.")
-        reached = [f"{round(t * 100)}% at epoch {int(getattr(r, f'epoch_{round(t * 100)}'))}"
-                   for t in THRESHOLDS if np.isfinite(getattr(r, f"epoch_{round(t * 100)}"))]
-        text += (" Train accuracy passed " + ", ".join(reached) + "." if reached else
-                 " Train accuracy never passed 50%: the net did not memorize.")
+            text += f" Adam lr {cfg.lr:g}, x{cfg.decay:g} after epoch {cfg.decay_epoch}."
+        for t in THRESHOLDS:
+            k = f"epoch_{round(t * 100)}"
+            n = int(g[k].notna().sum())
+            if n:
+                text += (f" Train accuracy passed {round(t * 100)}% in {n} of {len(g)} seeds "
+                         f"(median epoch {g[k].median():g}).")
+        if not g.epoch_50.notna().any():
+            text += " Train accuracy never passed 50%: the nets did not memorize."
+        if s["failures"]["diverged"]:
+            text += f" Diverged: {s['failures']['diverged']} seed(s), not in the statistics."
         out.append(text)
     return out
 
 
 def headline(cfg: Config, tables) -> dict:
-    r = tables["results"].iloc[0]
-    return {k: (None if pd.isna(r[k]) else float(r[k])) for k in
+    res = tables["results"]
+    ok = res[~res.status.isin(FAILED)]
+    return {k: (None if ok[k].isna().all() else float(ok[k].median())) for k in
             ("final_train_acc", "final_test_acc", "max_train_acc",
              *[f"epoch_{round(t * 100)}" for t in THRESHOLDS])}

@@ -42,7 +42,7 @@ from dlscope import models, plotting
 from dlscope.execution.config import ExperimentConfig
 from dlscope.train.engine import TrainConfig
 from dlscope.errors import UserError
-from dlscope.experiments.mnist_common import mnist_spec, train_and_evaluate
+from dlscope.experiments.common import mnist_spec, train_and_evaluate
 from dlscope.metrics.sensitivity import loss_input_grad_norm, sensitivity
 from dlscope.metrics.sharpness import sharpness
 from dlscope.execution.runspec import RunResult, RunSpec

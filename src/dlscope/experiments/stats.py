@@ -101,7 +101,7 @@ class Difference:
     @property
     def clear(self) -> bool:
         """True when the interval excludes zero."""
-        return math.isfinite(self.lo) and (self.lo > 0 or self.hi < 0)
+        return bool(math.isfinite(self.lo) and (self.lo > 0 or self.hi < 0))
 
     def to_dict(self) -> dict:
         return {**asdict(self), "clear": self.clear}

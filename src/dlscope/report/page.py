@@ -94,7 +94,7 @@ def _header(r: Results) -> str:
     return (f'<header><h1>dlscope report</h1><p class="lead">HW1 — deep vs shallow, '
             f"optimization, generalization: {len(done)} of {len(exps)} experiments with results, "
             f"profile <strong>{esc(profile)}</strong>, total wall time <strong>{esc(wall)}"
-            f"</strong>.</p>{_attention(exps)}<div class=\"facts\">{facts}</div></header>")
+            f"</strong>. Methods: {_methods_link(r)}.</p>{_attention(exps)}<div class=\"facts\">{facts}</div></header>")
 
 
 def _attention(exps: list[Experiment]) -> str:
@@ -117,6 +117,53 @@ def _attention(exps: list[Experiment]) -> str:
     if not lines:
         return ""
     return f'<div class="box error attention" role="alert"><ul>{"".join(lines)}</ul></div>'
+
+
+OUTCOME_CLASS = {"reproduced": "ok", "not reproduced": "bad", "inconclusive": "unsure",
+                 "pipeline check": "check"}
+METHODS = "METHODS.md"      # copied next to report.html from the repository's docs/
+
+
+def verdict_rows(exps: list[Experiment]) -> list[tuple[Experiment, dict]]:
+    """(experiment, verdict) for every well-formed verdict in the experiments' summaries."""
+    out = []
+    for e in exps:
+        v = e.summary.get("verdicts")
+        for d in v if isinstance(v, list) else []:
+            if isinstance(d, dict) and isinstance(d.get("outcome"), str):
+                out.append((e, d))
+    return out
+
+
+def _verdicts(r: Results) -> str:
+    rows = verdict_rows(r.experiments)
+    if not rows:
+        return ""
+    body = []
+    for e, v in rows:
+        outcome = v["outcome"]
+        label = "pipeline check, not evidence" if outcome == "pipeline check" else outcome
+        cls = OUTCOME_CLASS.get(outcome, "unsure")
+        rule = f' title="{esc(v.get("rule", ""))}"' if v.get("rule") else ""
+        body.append(f'<tr><td><a href="#{esc(e.anchor)}">{esc(e.name)}</a></td>'
+                    + "".join(f"<td>{esc(v.get(k, ''))}</td>"
+                              for k in ("claim", "source", "published", "statistic"))
+                    + f'<td class="verdict v-{cls}"{rule}><strong>{esc(label)}</strong></td></tr>')
+    heads = ("experiment", "claim", "source", "published number", "statistic here", "outcome")
+    return ('<section class="verdicts" aria-label="Verdicts"><h2>Verdicts</h2>'
+            '<p class="note">Each experiment\'s published claim, the statistic computed from its '
+            "seeds and the outcome by the rule in summary.json (hover an outcome for its rule). "
+            "A pipeline check is a run too short to be evidence: it issues no verdict.</p>"
+            '<div class="tablewrap"><table class="data"><thead><tr>'
+            + "".join(f'<th scope="col">{h}</th>' for h in heads)
+            + f'</tr></thead><tbody>{"".join(body)}</tbody></table></div></section>')
+
+
+def _methods_link(r: Results) -> str:
+    if (r.folder / METHODS).is_file():
+        return (f'<a href="{href(METHODS)}">{METHODS}</a> (a copy of the repository\'s '
+                "docs/METHODS.md)")
+    return "docs/METHODS.md in the dlscope repository"
 
 
 def _toc(r: Results) -> str:
@@ -150,10 +197,11 @@ def render(r: Results) -> str:
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
             f"<title>dlscope report — {esc(r.folder.resolve().name)}</title>"
             f"<style>{_css()}</style></head><body><div class=\"page\">{_header(r)}{problems}"
-            f"{_toc(r)}<main>{''.join(body)}</main><footer><p>Built by <code>dlscope report"
-            "</code> from the results folder alone. Figures are embedded; links to CSV and "
-            "config files are relative to this page, so keep it next to its experiment "
-            "folders.</p></footer></div></body></html>\n")
+            f"{_verdicts(r)}{_toc(r)}<main>{''.join(body)}</main><footer><p>Built by <code>"
+            "dlscope report</code> from the results folder alone. Figures are embedded; links "
+            "to CSV and config files are relative to this page, so keep it next to its "
+            f"experiment folders.</p><p>Definitions, statistics and verdict rules: "
+            f"{_methods_link(r)}.</p></footer></div></body></html>\n")
 
 
 def build_report(folder) -> Path:
@@ -163,6 +211,9 @@ def build_report(folder) -> Path:
     from dlscope.execution.store import atomic_write_text
 
     results = collect(folder)
+    methods = Path(__file__).resolve().parents[3] / "docs" / METHODS
+    if methods.is_file():          # a source checkout: the page links a copy beside it
+        atomic_write_text(Path(folder) / METHODS, methods.read_text(encoding="utf-8"))
     path = Path(folder) / "report.html"
     atomic_write_text(path, render(results))
     os.chmod(path, 0o644)          # a page to share: the temporary file it came from was 0600

@@ -10,10 +10,11 @@ from dlscope.report.fmt import esc, flatten, fmt_seconds, fmt_value, href, kv, t
 
 MODEL_COLUMNS = ("model", "arch", "architecture")
 PARAM_COLUMNS = ("params", "n_params", "parameters", "num_params")
-DESCRIBE_COLUMNS = ("depth", "hidden", "widths", "width", "layers", "activation", "kind")
+DESCRIBE_COLUMNS = ("depth", "hidden", "widths", "width", "layers", "activation", "kind", "init")
 MAX_HEADLINE = 40      # headline entries shown
 MAX_MODELS = 12        # rows of the model table
 MAX_ROWS = 15          # rows of results.csv shown
+MAX_STATS = 60         # rows of each statistics table shown
 
 
 def badge(e: Experiment) -> str:
@@ -182,6 +183,60 @@ def _results(e: Experiment) -> str:
     return table(t.columns, rows, caption=f"Results ({link}, {t.n_rows} rows)", footer=more)
 
 
+def _num(v) -> str:
+    return fmt_value(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else "—"
+
+
+def _statistics(stats: dict) -> str:
+    """summary.json["statistics"] as tables: intervals over seeds (median, 95% interval, n,
+    method), failure counts and rates, comparisons (difference, interval, p) and trends
+    (Spearman ρ, p); any other entry (the method in words, lists) as key and value."""
+    ivs, fails, diffs, trends, other = [], [], [], [], []
+
+    def walk(d: dict, path: str) -> None:
+        for k, v in d.items():
+            key = f"{path}{k}"
+            if not isinstance(v, dict):
+                other.append([key, fmt_value(v)])
+            elif {"median", "lo", "hi", "n"} <= set(v):
+                ivs.append([key, _num(v["median"]), f"[{_num(v['lo'])}, {_num(v['hi'])}]",
+                            _num(v["n"]), str(v.get("method", ""))])
+            elif "runs" in v and any(str(x).endswith("_rate") for x in v):
+                parts = [f"{x}: {v[x]} ({100 * v[x + '_rate']:.0f}%)" for x in v
+                         if f"{x}_rate" in v and isinstance(v.get(f"{x}_rate"), (int, float))]
+                fails.append([key, _num(v["runs"]), "; ".join(parts)])
+            elif {"diff", "lo", "hi", "p_value"} <= set(v):
+                clear = v.get("clear")
+                diffs.append([key, _num(v["diff"]), f"[{_num(v['lo'])}, {_num(v['hi'])}]",
+                              _num(v["p_value"]), f"{_num(v.get('n_a'))} / {_num(v.get('n_b'))}",
+                              "clear" if clear else "no clear difference"])
+            elif {"rho", "p_value"} <= set(v):
+                trends.append([key, _num(v["rho"]), _num(v["p_value"]), _num(v.get("n"))])
+            else:
+                walk(v, key + " / ")
+
+    walk(stats, "")
+
+    def cut(rows):
+        more = f"{len(rows) - MAX_STATS} more in summary.json" if len(rows) > MAX_STATS else ""
+        return rows[:MAX_STATS], esc(more)
+
+    out = []
+    if other:
+        out.append(kv([(k, esc(v)) for k, v in other[:MAX_STATS]]))
+    for rows, cols, cap in (
+            (ivs, ["setting / metric", "median", "95% interval", "n", "method"],
+             "Per setting over seeds (failed runs excluded)"),
+            (fails, ["setting", "runs", "failures"], "Failure rates"),
+            (diffs, ["comparison", "difference", "95% interval", "p", "seeds", "reading"],
+             "Comparisons"),
+            (trends, ["trend", "Spearman ρ", "p", "n"], "Trends")):
+        if rows:
+            shown, more = cut(rows)
+            out.append(table(cols, shown, caption=cap, footer=more))
+    return "<h4>Statistics over seeds</h4>" + "".join(out) if out else ""
+
+
 def _files(e: Experiment) -> str:
     if not e.has_folder:
         return ""
@@ -218,6 +273,8 @@ def experiment_section(e: Experiment) -> str:
                else "") + _results(e)
     if numbers:
         out.append("<h4>Key numbers</h4>" + numbers)
+    if isinstance(e.summary.get("statistics"), dict):
+        out.append(_statistics(e.summary["statistics"]))
     obs = _list(e.summary.get("observations"))
     if obs:
         out.append("<h4>Observations</h4><ul class=\"obs\">"
