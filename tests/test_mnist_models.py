@@ -55,11 +55,13 @@ def test_assignment_profile_is_the_equal_parameter_family():
 @pytest.mark.parametrize("bad", [{"models": ["cnn-a", "resnet"]}, {"models": ["mlp:1-8-1"]},
                                  {"models": ["cnn-a", "cnn-a"]}, {"models": []},
                                  {"models": ["cnn:8/k3p1/fc16/in32"]}, {"family": "big"},
-                                 {"fc_layers": [1, 1]}, {"fc_layers": [0, 2]}, {"seeds": 0}])
+                                 {"fc_layers": [1, 1]}, {"fc_layers": [0, 2]}, {"seeds": 0},
+                                 {"target_params": 3000}])
 def test_bad_config_fails_before_anything_is_written(bad, tmp_path):
     key = next(iter(bad))
-    with pytest.raises(UserError, match=key):
+    with pytest.raises(UserError, match=key) as err:
         dlscope.run("mnist-models", profile="quick", out=tmp_path / "o", **bad)
+    assert "\n" not in str(err.value).strip()
     assert not (tmp_path / "o").exists()
 
 

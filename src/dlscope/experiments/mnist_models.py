@@ -28,9 +28,10 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from dlscope import models, plotting
+from dlscope.errors import UserError
 from dlscope.execution.config import ExperimentConfig
 from dlscope.execution.runspec import RunResult, RunSpec
 from dlscope.experiments import stats
@@ -48,6 +49,11 @@ FAMILIES = {"reports": ("cnn-a", "cnn-b", "cnn-c")}  # the reports' CNNs: size, 
 DEPTH_NAMES = {1: "shallow", 2: "medium", 4: "deep"}
 PUBLISHED = "98.6-99.2% test accuracy after 10 epochs (Adam 1e-3, batch 100)"
 SOURCE = "public results for such CNNs (the course's reports; SCIENCE.md §1)"
+
+
+@functools.lru_cache(maxsize=32)
+def _family_spec(fc: int, target: int) -> models.CNNSpec:
+    return models.cnn_for_params(fc, target)
 
 
 class Config(ExperimentConfig):
@@ -85,13 +91,18 @@ class Config(ExperimentConfig):
             raise ValueError(f"fc_layers must be distinct whole numbers >= 1, got {v}")
         return v
 
+    @model_validator(mode="after")
+    def _family_fits(self):
+        if self.models is None and self.family == "equal-params":
+            for d in self.fc_layers:
+                try:
+                    _family_spec(d, self.target_params)
+                except UserError as e:
+                    raise ValueError(f"target_params / fc_layers: {e}") from None
+        return self
+
 
 PROFILES = {"quick": {"train_subset": 10000, "epochs": 2, "seeds": 2}}
-
-
-@functools.lru_cache(maxsize=32)
-def _family_spec(fc: int, target: int) -> models.CNNSpec:
-    return models.cnn_for_params(fc, target)
 
 
 def model_list(cfg: Config) -> list[tuple[str, models.MLPSpec | models.CNNSpec]]:
@@ -268,14 +279,13 @@ def observations(cfg: Config, tables) -> list[str]:
     out = []
     for model, g in _per_model(res).items():
         ok = _ok(g)
-        test, train_ = stats.interval(ok.test_acc), stats.interval(ok.train_acc)
-        gap = stats.interval(ok.train_acc - ok.test_acc)
         c = cur[(cur.model == model) & (cur.epoch > 0)]
         best = c.groupby("epoch").test_loss.median()
-        text = (f"{model} ({g.spec.iloc[0]}, {int(g.params.iloc[0]):,} params): test accuracy "
-                f"{test.text('.2f', 100, '%')}, train accuracy {train_.text('.2f', 100, '%')} "
-                f"after {int(g.epochs.max())} epochs (both full evaluations of the end-of-epoch "
-                f"model); train minus test {gap.text('.2f', 100, ' pts')}")
+        text = (f"{model} ({g.spec.iloc[0]}, {int(g.params.iloc[0]):,} params; median [95% "
+                f"t-interval of the mean] over {len(ok)} seeds): test accuracy "
+                f"{_pct(ok.test_acc)}%, train accuracy {_pct(ok.train_acc)}% after "
+                f"{int(g.epochs.max())} epochs (both full evaluations of the end-of-epoch "
+                f"model); train minus test {_pct(ok.train_acc - ok.test_acc)} points")
         if len(best) and best.notna().any() and int(best.idxmin()) < int(best.index.max()):
             text += (f"; the median test loss was lowest at epoch {int(best.idxmin())} "
                      f"({best.min():.4f}) and ended at {best.iloc[-1]:.4f}")
@@ -293,6 +303,13 @@ def observations(cfg: Config, tables) -> list[str]:
     for a, b, d in _comparisons(res):
         out.append(f"Test accuracy {b} minus {a}: {d.text('.2f', 100, ' pts')}.")
     return out
+
+
+def _pct(values) -> str:
+    iv = stats.interval(values)
+    if iv.n < stats.MIN_SEEDS:
+        return f"{100 * iv.median:.2f} (no interval)"
+    return f"{100 * iv.median:.2f} [{100 * iv.lo:.2f}, {100 * iv.hi:.2f}]"
 
 
 def headline(cfg: Config, tables) -> dict:
