@@ -308,21 +308,28 @@ def observations(cfg: Config, tables) -> list[str]:
                    f"weights, lowest at (alpha, beta) = ({low.alpha:.3g}, {low.beta:.3g}).")
     if "run_variance" in tables:
         rv = tables["run_variance"]
-        per = "; ".join(f"{SCOPES[sc]} {stats.interval(g.pc12).text('.1f', 100, '%')}, range "
-                        f"{100 * g.pc12.min():.1f}-{100 * g.pc12.max():.1f}%"
-                        for sc, g in rv.groupby("scope", sort=False))
+        per = "; ".join(f"{SCOPES[sc]} {_pct(g.pc12, 1)}%, range {100 * g.pc12.min():.1f}-"
+                        f"{100 * g.pc12.max():.1f}%" for sc, g in rv.groupby("scope", sort=False))
         out.append(f"Each run's own trajectory (theta_t - theta_final), share of its variance in "
-                   f"its top two PCA directions over the runs: {per} (Li et al. 2018: 40-90%).")
+                   f"its top two PCA directions, median [95% t-interval of the mean] over "
+                   f"{rv.run.nunique()} runs: {per} (Li et al. 2018: 40-90%).")
     ok = res[res.status.isin(["ok", "converged"])]
-    out.append(f"After {int(res.epochs_run.max())} epochs, over {len(ok)} runs: train loss "
-               f"{stats.interval(ok.train_loss).text('.3g')}, train accuracy "
-               f"{stats.interval(ok.train_acc).text('.2f', 100, '%')} ({cfg.eval_subset}-image "
-               f"subset), test accuracy {stats.interval(ok.test_acc).text('.2f', 100, '%')} "
-               f"(min {100 * ok.test_acc.min():.2f}%, max {100 * ok.test_acc.max():.2f}%).")
+    out.append(f"After {int(res.epochs_run.max())} epochs, median [95% t-interval of the mean] "
+               f"over {len(ok)} runs: train loss {_pct(ok.train_loss, 3, 1, 'g')}, train accuracy "
+               f"{_pct(ok.train_acc)}% ({cfg.eval_subset}-image subset), test accuracy "
+               f"{_pct(ok.test_acc)}% (min {100 * ok.test_acc.min():.2f}%, max "
+               f"{100 * ok.test_acc.max():.2f}%).")
     bad = res[~res.status.isin(["ok", "converged"])]
     if len(bad):
         out.append(f"Runs not ok: {', '.join(f'{r.run} ({r.status})' for r in bad.itertuples())}.")
     return out
+
+
+def _pct(values, digits: int = 2, scale: float = 100, kind: str = "f") -> str:
+    iv, f = stats.interval(values), f".{digits}{kind}"
+    if iv.n < stats.MIN_SEEDS:
+        return f"{scale * iv.median:{f}} (no interval)"
+    return f"{scale * iv.median:{f}} [{scale * iv.lo:{f}}, {scale * iv.hi:{f}}]"
 
 
 def under_trained(cfg: Config) -> bool:
