@@ -47,6 +47,7 @@ METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
 RUNNING = ("train_loss_running", "train_acc_running")
 FAMILIES = {"reports": ("cnn-a", "cnn-b", "cnn-c")}  # the reports' CNNs: size, not depth
 DEPTH_NAMES = {1: "shallow", 2: "medium", 4: "deep"}
+EVAL_BATCH = 500  # a CNN's eval on 1 CPU thread: ~45% less time than at 8192 (measured)
 PUBLISHED = "98.6-99.2% test accuracy after 10 epochs (Adam 1e-3, batch 100)"
 SOURCE = "public results for such CNNs (the course's reports; SCIENCE.md §1)"
 
@@ -137,7 +138,7 @@ def train_one(p: dict, ctx) -> RunResult:
 
     def on_epoch(epoch: int, m, metrics: dict) -> None:
         full[epoch] = ((metrics["train_loss"], metrics["train_acc"]) if epoch == 0  # a full eval
-                       else evaluate(m, ds.x_train, ds.y_train, True))
+                       else evaluate(m, ds.x_train, ds.y_train, True, batch_size=EVAL_BATCH))
 
     res = train(model, ds, TrainConfig(**p["train"]), seed=p["seed"], on_epoch=on_epoch)
     h = res.history
