@@ -3,6 +3,7 @@ and a shrunk quick-profile run of the experiment."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -53,7 +54,7 @@ SMALL = {"function_epochs": 150, "mnist_epochs": 2, "train_subset": 600,
          "mnist_model": "cnn:4/k3p1/fc16"}
 
 
-def test_quick_run_writes_tables_figures_summary_and_reloads(tmp_path):
+def test_quick_run_writes_seed_rows_statistics_figures_and_reloads(tmp_path):
     r = dlscope.run("grad-norm", profile="quick", out=tmp_path, executor="local", threads=1,
                     **SMALL)
     root = tmp_path / "grad-norm"
@@ -61,24 +62,59 @@ def test_quick_run_writes_tables_figures_summary_and_reloads(tmp_path):
               "figures/function.png", "figures/mnist.png"):
         assert (root / f).is_file(), f
     cur, res = r.tables["curves"], r.tables["results"]
-    assert list(cur.columns) == ["task", "step", "epoch", "loss", "grad_norm"]
+    assert list(cur.columns) == ["task", "seed", "step", "epoch", "loss", "grad_norm"]
     fn, mn = cur[cur.task == "function"], cur[cur.task == "mnist"]
-    assert len(fn) == 150 and fn.epoch.max() == 150  # full batch: one step per epoch
-    assert len(mn) == 2 * 6 and mn.epoch.tolist() == [1] * 6 + [2] * 6  # 600 / 100 per epoch
+    assert len(fn) == 2 * 150 and fn.epoch.max() == 150  # full batch: one step per epoch
+    assert fn.groupby("seed").size().to_dict() == {0: 150, 1: 150}
+    assert mn[mn.seed == 0].epoch.tolist() == [1] * 6 + [2] * 6  # 600 / 100 per epoch
     assert (cur.grad_norm > 0).all() and cur.loss.notna().all()
-    assert set(res.status) == {"ok"}
-    assert len(r.observations) == 2 and all("gradient norm" in o for o in r.observations)
-    assert set(r.summary["headline"]) == {"function/final_loss", "function/final_grad_norm",
-                                          "mnist/final_loss", "mnist/final_grad_norm"}
+    assert set(res.status) == {"ok"} and res.seed.tolist() == [0, 1, 0, 1]
+    # the table's summaries are medians over the first/last 5% of each seed's curve
+    for row in res.itertuples():
+        c = cur[(cur.task == row.task) & (cur.seed == row.seed)]
+        k = max(1, len(c) // 20)
+        assert row.final_grad_norm == pytest.approx(c.grad_norm.iloc[-k:].median())
+        assert row.first_loss == pytest.approx(c.loss.iloc[:k].median())
+    st = r.summary["statistics"]
+    assert "none" in st["published"] and r.summary["verdicts"] == []
+    for task in ("function", "mnist"):
+        iv = st["tasks"][task]["final_grad_norm"]
+        vals = res[res.task == task].final_grad_norm
+        assert iv["n"] == 2 and iv["mean"] == pytest.approx(vals.mean())
+        assert iv["lo"] <= vals.mean() <= iv["hi"]
+        assert st["tasks"][task]["runs"] == 2 and st["tasks"][task]["diverged"] == 0
+    assert len(r.observations) == 2 and all("gradient norm" in o and "2 seeds" in o
+                                            for o in r.observations)
+    assert r.summary["headline"]["mnist/final_grad_norm"] == pytest.approx(
+        res[res.task == "mnist"].final_grad_norm.median())
     back = dlscope.load(root)
     assert set(back.figures) == {"function", "mnist"}
     assert back.tables["curves"].shape == cur.shape
 
 
+def test_function_seeds_train_as_an_ensemble_equal_to_solo_runs():
+    import dataclasses
+
+    from dlscope.execution.runspec import RunContext, execute
+    from dlscope.experiments import grad_norm
+
+    cfg = configs.resolve(grad_norm, "quick", overrides={"tasks": ["function"],
+                                                         "function_epochs": 40})
+    specs = [dataclasses.replace(s, threads=1) for s in grad_norm.runs(cfg)]
+    assert len(specs) == 2 and {s.group for s in specs} == {"function"}
+    together = execute(specs)  # -> record_many
+    ctx = RunContext(device=torch.device("cpu"), threads=1)
+    for spec, got in zip(specs, together):
+        alone = grad_norm.record(spec.params, ctx)
+        np.testing.assert_allclose(got.arrays["grad_norm"], alone.arrays["grad_norm"],
+                                   rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(got.arrays["loss"], alone.arrays["loss"], rtol=1e-4)
+
+
 @pytest.mark.parametrize("bad", [{"tasks": ["cifar"]}, {"tasks": []},
                                  {"tasks": ["mnist", "mnist"]}, {"function": "nonsense"},
                                  {"mnist_model": "mlp:1-4-1"}, {"function_model": "cnn-a"},
-                                 {"function_model": "bogus:1"}, {"mnist_lr": 0}])
+                                 {"function_model": "bogus:1"}, {"mnist_lr": 0}, {"seeds": 0}])
 def test_bad_config_is_a_user_error(bad, tmp_path):
     with pytest.raises(UserError):
         dlscope.run("grad-norm", profile="quick", out=tmp_path / "o", **bad)
@@ -88,5 +124,8 @@ def test_bad_config_is_a_user_error(bad, tmp_path):
 def test_assignment_defaults_record_both_tasks():
     cfg = configs.resolve(experiments.get("grad-norm"), "assignment")
     specs = experiments.get("grad-norm").runs(cfg)
-    assert [s.key for s in specs] == ["function", "mnist"]
+    assert [s.key for s in specs] == [f"{t}/seed={i}" for t in ("function", "mnist")
+                                      for i in range(3)]
+    assert cfg.seeds == 3 and configs.resolve(experiments.get("grad-norm"), "quick").seeds == 2
     assert cfg.function_batch is None and cfg.mnist_batch == 100
+    assert [s.group for s in specs] == ["function"] * 3 + [None] * 3  # cnn-c: one by one

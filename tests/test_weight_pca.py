@@ -4,6 +4,7 @@ stored snapshots: joint PCA, the Li et al. plane's origin, the initial weights."
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -17,7 +18,7 @@ from dlscope.metrics.trajectory import flat_params, pca
 
 
 EXP = experiments.get("weight-pca")
-SMALL = {"runs": 2, "epochs": 2, "every": 1, "train_subset": 800, "eval_subset": 500,
+SMALL = {"seeds": 2, "epochs": 3, "every": 1, "train_subset": 800, "eval_subset": 500,
          "landscape_subset": 300, "grid": 21}
 
 
@@ -38,18 +39,19 @@ def _arrays(result) -> list[dict]:
 
 def test_writes_every_table_figure_and_summary(result):
     for f in ("points.csv", "landscape.csv", "trajectory.csv", "variance.csv", "results.csv",
-              "summary.json", "figures/pca_model.png", "figures/pca_layer1.png",
+              "run_variance.csv", "summary.json", "figures/pca_model.png", "figures/pca_layer1.png",
               "figures/landscape.png"):
         assert (result.path / f).is_file(), f
     pts = result.tables["points"]
-    assert list(pts.columns) == ["scope", "run", "epoch", "pc1", "pc2", "train_loss",
+    assert list(pts.columns) == ["scope", "run", "seed", "epoch", "pc1", "pc2", "train_loss",
                                  "train_acc", "test_acc"]
-    assert len(pts) == 2 * 2 * 3 and sorted(pts.epoch.unique()) == [0, 1, 2]
+    assert len(pts) == 2 * 2 * 4 and sorted(pts.epoch.unique()) == [0, 1, 2, 3]
+    assert (pts.seed == pts.run).all() and result.tables["results"].seed.tolist() == [0, 1]
     land = result.tables["landscape"]
     assert list(land.columns) == ["alpha", "beta", "loss"]
     assert land.alpha.nunique() >= 21 and land.beta.nunique() >= 21
     traj = result.tables["trajectory"]
-    assert traj.epoch.tolist() == [0, 1, 2] and (traj.iloc[-1][["alpha", "beta"]] == 0).all()
+    assert traj.epoch.tolist() == [0, 1, 2, 3] and (traj.iloc[-1][["alpha", "beta"]] == 0).all()
     var = result.tables["variance"].set_index("scope")
     assert set(var.index) == {"model", "layer1", "trajectory"}
     assert ((var.pc12 > 0) & (var.pc12 <= 1 + 1e-9)).all()
@@ -61,7 +63,7 @@ def test_writes_every_table_figure_and_summary(result):
 
 def test_points_are_the_joint_pca_of_the_stored_snapshots(result):
     runs = _arrays(result)
-    assert all(a["snapshots"].dtype == np.float32 and a["snapshots"].shape[0] == 3 for a in runs)
+    assert all(a["snapshots"].dtype == np.float32 and a["snapshots"].shape[0] == 4 for a in runs)
     pts = result.tables["points"]
     for scope, sl in (("model", slice(None)), ("layer1", slice(0, 784 * 128))):
         proj, _, ratio, _ = pca(np.concatenate([a["snapshots"][:, sl] for a in runs]), 2)
@@ -69,6 +71,52 @@ def test_points_are_the_joint_pca_of_the_stored_snapshots(result):
         np.testing.assert_allclose(got, proj, rtol=1e-5, atol=1e-5)
         var = result.tables["variance"].set_index("scope").loc[scope]
         np.testing.assert_allclose([var.pc1, var.pc2], ratio, rtol=1e-9)
+
+
+def test_per_run_trajectory_variance_statistics_and_verdict(result):
+    """Each run's share of variance in its own top-2 directions (Li et al.), recomputed from
+    the stored snapshots with numpy's SVD; its interval over the runs; a pipeline check."""
+    runs = _arrays(result)
+    rv = result.tables["run_variance"]
+    assert list(rv.columns) == ["scope", "run", "seed", "status", "pc1", "pc2", "pc12"]
+    for run, a in enumerate(runs):  # run 0 (with the plane) first, then run 1
+        for scope, sl in (("model", slice(None)), ("layer1", slice(0, 784 * 128))):
+            d = a["snapshots"][:, sl].astype(np.float64)
+            sv = np.linalg.svd(d - d.mean(0), compute_uv=False) ** 2
+            got = rv[(rv.scope == scope) & (rv.run == run)].iloc[0]
+            np.testing.assert_allclose([got.pc1, got.pc2], sv[:2] / sv.sum(), rtol=1e-6)
+            assert got.pc12 < 1 - 1e-6  # 4 snapshots: three directions carry variance
+    plane = result.tables["variance"].set_index("scope").loc["trajectory"]
+    assert plane.pc12 == pytest.approx(rv[(rv.scope == "model") & (rv.run == 0)].pc12.iloc[0])
+    st = result.summary["statistics"]
+    iv = st["run_pc12"]["model"]
+    vals = rv[rv.scope == "model"].pc12
+    assert iv["n"] == 2 and iv["mean"] == pytest.approx(vals.mean())
+    assert iv["lo"] <= vals.mean() <= iv["hi"]
+    assert st["test_acc"]["n"] == 2 and st["runs"] == 2 and st["diverged"] == 0
+    assert st["joint_pca"]["model"]["pc12"] == pytest.approx(
+        result.tables["variance"].set_index("scope").loc["model"].pc12)
+    (v,) = result.summary["verdicts"]
+    assert v["outcome"] == "pipeline check" and v["source"].startswith("Li et al. 2018")
+
+
+def _rv(values):
+    return {"run_variance": pd.DataFrame({"scope": "model", "run": range(len(values)),
+                                          "pc12": values})}
+
+
+def test_li_verdict_on_constructed_tables():
+    cfg = configs.resolve(EXP, "assignment")
+    assert [v.outcome for v in EXP.verdicts(cfg, _rv([0.6, 0.7, 0.65, 0.62]))] == ["reproduced"]
+    assert [v.outcome for v in EXP.verdicts(cfg, _rv([0.97, 0.98, 0.96]))] == ["not reproduced"]
+    assert [v.outcome for v in EXP.verdicts(cfg, _rv([0.85, 0.95, 0.9]))] == ["inconclusive"]
+    assert [v.outcome for v in EXP.verdicts(cfg, _rv([0.6]))] == ["inconclusive"]
+
+
+def test_runs_is_an_alias_of_seeds():
+    assert configs.resolve(EXP, "quick").seeds == 4
+    assert configs.resolve(EXP, "quick", overrides={"runs": 3}).seeds == 3
+    assert configs.resolve(EXP, "assignment", sets=["runs=5"]).seeds == 5
 
 
 def test_epoch0_snapshot_is_the_seeded_init_and_runs_differ(result):
@@ -95,7 +143,7 @@ def test_plane_origin_is_the_final_models_loss_on_the_subset(result):
 
 def test_assignment_profile_and_runspecs():
     cfg = configs.resolve(EXP, "assignment")
-    assert (cfg.runs, cfg.epochs, cfg.every, cfg.batch_size, cfg.lr) == (8, 24, 3, 64, 1e-3)
+    assert (cfg.seeds, cfg.epochs, cfg.every, cfg.batch_size, cfg.lr) == (8, 24, 3, 64, 1e-3)
     specs = EXP.runs(cfg)
     assert len(specs) == 8 and {s.group for s in specs} == {"mlp"}
     assert len({s.params["seed"] for s in specs}) == 8 and len({s.hash for s in specs}) == 8
@@ -105,7 +153,7 @@ def test_assignment_profile_and_runspecs():
 
 @pytest.mark.parametrize("bad", [{"every": 5, "epochs": 4}, {"model": "cnn-a"},
                                  {"model": "mlp:10-4-10"}, {"epochs": 1, "every": 1},
-                                 {"runs": 0}, {"annotate": "loss"}])
+                                 {"runs": 0}, {"seeds": 0}, {"annotate": "loss"}])
 def test_bad_config_is_a_user_error(bad, tmp_path):
     with pytest.raises(UserError):
         dlscope.run("weight-pca", profile="quick", out=tmp_path / "o", **bad)
@@ -119,7 +167,7 @@ def test_ensemble_path_equals_solo_runs():
     from dlscope.experiments import weight_pca
     from dlscope.execution.runspec import RunContext, execute
 
-    cfg = configs.resolve(weight_pca, "quick", overrides={"runs": 2, "epochs": 1, "every": 1,
+    cfg = configs.resolve(weight_pca, "quick", overrides={"seeds": 2, "epochs": 1, "every": 1,
                                                           "landscape": False})
     specs = [dataclasses.replace(s, threads=1) for s in weight_pca.runs(cfg)]
     assert len({s.group for s in specs}) == 1

@@ -218,6 +218,39 @@ def width_for_params(depth: int, target: int, input_dim: int = 1, output_dim: in
     return best[2]
 
 
+def cnn_for_params(fc_layers: int, target: int, channels: tuple[int, ...] = (8, 16),
+                   kernel: int = 5, padding: int = 0, pool: int = 2, in_channels: int = 1,
+                   input_size: int = 28, n_classes: int = 10, tol: float = 0.01) -> CNNSpec:
+    """A CNN with a fixed conv stack and `fc_layers` hidden fully connected layers whose
+    widths bring the whole net to about `target` parameters.
+
+    The conv stack's parameters are exact and fixed; the fully connected head is an MLP from
+    the flattened features to `n_classes`, sized by `width_for_params` for the remaining
+    budget. Varying `fc_layers` at one `target` gives a family of equal size and different
+    depth (SCIENCE.md section 1: 2 conv layers plus 1, 2 or 4 fully connected layers).
+    A count more than `tol` (relative) from `target` is a UserError: with one hidden layer
+    the count moves in steps of (features + 1 + n_classes), too coarse for small budgets.
+    """
+    if fc_layers < 1:
+        raise UserError(f"cnn_for_params: fc_layers must be >= 1 (got {fc_layers})")
+    base = CNNSpec(in_channels=in_channels, input_size=input_size, channels=tuple(channels),
+                   kernel=kernel, padding=padding, pool=pool, fc=(), n_classes=n_classes)
+    flat = channels[-1] * base.feature_size() ** 2
+    conv = count_params(base) - (flat + 1) * n_classes
+    budget = target - conv
+    if budget < mlp_params([1] * fc_layers, flat, n_classes):
+        raise UserError(f"cnn_for_params: {target:,} parameters cannot hold the conv stack "
+                        f"({conv:,}) and {fc_layers} fully connected layers")
+    widths = width_for_params(fc_layers, budget, input_dim=flat, output_dim=n_classes)
+    spec = base.model_copy(update={"fc": tuple(widths)})
+    got = count_params(spec)
+    if abs(got - target) > tol * target:
+        raise UserError(f"cnn_for_params: the nearest count to {target:,} with {fc_layers} "
+                        f"fully connected layers is {got:,} ({100 * (got / target - 1):+.1f}%, "
+                        f"more than {100 * tol:g}% off): choose another target")
+    return spec
+
+
 def describe(spec: MLPSpec | CNNSpec | str) -> dict:
     """One row for a setup table: name, kind, depth, widths, params."""
     spec = parse_model(spec)
