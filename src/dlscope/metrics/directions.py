@@ -25,7 +25,7 @@ from torch import nn
 
 from dlscope.errors import UserError
 
-__all__ = ["filter_normalized_direction", "loss_curve_1d"]
+__all__ = ["curve_rise", "filter_normalized_direction", "loss_curve_1d"]
 
 
 def filter_normalized_direction(model: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -75,3 +75,12 @@ def loss_curve_1d(model: nn.Module, direction: dict[str, torch.Tensor], ts: Iter
             for k, p in params.items():
                 p.copy_(saved[k])
     return pd.DataFrame(rows)
+
+
+def curve_rise(t, loss) -> float:
+    """Width summary of a 1-D curve symmetric about t = 0: the mean loss at t = ±max|t|/2
+    (the nearest grid points) minus the loss at t = 0. Larger: a narrower minimum."""
+    t, loss = np.asarray(t, dtype=float), np.asarray(loss, dtype=float)
+    half = np.abs(t).max() / 2
+    at = [loss[np.abs(t - v).argmin()] for v in (-half, half)]
+    return float(np.mean(at) - loss[np.abs(t).argmin()])
