@@ -24,8 +24,10 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+import torch
 from pydantic import Field, model_validator
 
+from dlscope import models
 from dlscope.execution.config import ExperimentConfig
 from dlscope.experiments import stats
 from dlscope.train.engine import TrainConfig, evaluate, train
@@ -211,3 +213,18 @@ def bs_axis(ax, batch_sizes) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xticks(bs, [str(b) for b in bs])
     ax.set_xticks([], minor=True)
+
+
+def rebuild(params: dict, arrays: dict) -> torch.nn.Module:
+    """The trained model of a run, from its spec params and saved arrays."""
+    model = models.build(models.parse_model(params["model"]))
+    state = {k[len("param."):]: torch.from_numpy(np.array(v)) for k, v in arrays.items()
+             if k.startswith("param.")}
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def flat_params(arrays: dict) -> np.ndarray:
+    """All saved parameters of a run ("param.*" arrays) as one float64 vector."""
+    return np.concatenate([np.ravel(v).astype(np.float64) for k, v in sorted(arrays.items())
+                           if k.startswith("param.")])

@@ -36,8 +36,8 @@ from dlscope.data import MnistOptions, mnist_dataset
 from dlscope.execution.runspec import RunResult, RunSpec
 from dlscope.experiments import stats
 from dlscope.experiments.flatness_common import (
-    MatchedConfig, iv, jsonable, pipeline_reason, scaled_lr, seed_lines, train_matched
-)
+    MatchedConfig, flat_params, iv, jsonable, pipeline_reason, rebuild, scaled_lr, seed_lines,
+    train_matched)
 from dlscope.experiments.mnist_common import mnist_spec
 from dlscope.metrics.directions import curve_rise, filter_normalized_direction, loss_curve_1d
 from dlscope.metrics.interpolation import alpha_grid, evaluate_classifier, interpolate
@@ -71,18 +71,11 @@ class Config(MatchedConfig):
         mnist_spec(v)
         return v
 
-    @field_validator("lr_pair")
+    @field_validator("lr_pair", "batch_pair")
     @classmethod
-    def _lrs(cls, v: list[float]) -> list[float]:
+    def _positive(cls, v: list) -> list:
         if min(v) <= 0:
-            raise ValueError("learning rates must be > 0")
-        return v
-
-    @field_validator("batch_pair")
-    @classmethod
-    def _batches(cls, v: list[int]) -> list[int]:
-        if min(v) < 1:
-            raise ValueError("batch sizes must be >= 1")
+            raise ValueError("learning rates and batch sizes must be > 0")
         return v
 
     @model_validator(mode="after")
@@ -159,20 +152,6 @@ def run_fn(p: dict, ctx) -> RunResult:
                              "wall_s": tr["wall_s"], **m}, arrays=arrays)
 
 
-def rebuild(params: dict, arrays: dict) -> torch.nn.Module:
-    """The trained model of a run, from its spec params and saved arrays."""
-    model = models.build(models.parse_model(params["model"]))
-    state = {k[len("param."):]: torch.from_numpy(np.array(v)) for k, v in arrays.items()
-             if k.startswith("param.")}
-    model.load_state_dict(state)
-    return model.eval()
-
-
-def _flat(arrays: dict) -> np.ndarray:
-    return np.concatenate([np.ravel(v).astype(np.float64) for k, v in sorted(arrays.items())
-                           if k.startswith("param.")])
-
-
 def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
     by_key = {spec.key: (spec, r) for spec, r in results}
     ds = mnist_dataset(MnistOptions(**data_options(cfg)))
@@ -185,16 +164,11 @@ def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
                 "test_acc": te["acc"]}
 
     alphas = alpha_grid(cfg.n_alpha, cfg.alpha_min, cfg.alpha_max)
-    frames, models_rows, curves = [], [], []
-    for spec, r in results:
-        cv = pd.DataFrame({k[len("curve."):]: v for k, v in r.arrays.items()
-                           if k.startswith("curve.")})
-        tr = spec.params["train"]
-        cv.insert(0, "run", spec.key)
-        cv.insert(1, "seed", spec.params["seed"])
-        cv.insert(2, "batch_size", tr["batch_size"])
-        cv.insert(3, "lr", tr["lr"])
-        curves.append(cv)
+    frames, models_rows = [], []
+    curves = [pd.DataFrame({k[len("curve."):]: v for k, v in r.arrays.items()
+                            if k.startswith("curve.")}).assign(
+        run=spec.key, seed=spec.params["seed"], batch_size=spec.params["train"]["batch_size"],
+        lr=spec.params["train"]["lr"]) for spec, r in results]
     for pr in pairs(cfg):
         ka, kb = _key(pr["a"], pr["seed"]), _key(pr["b"], pr["seed"])
         if ka not in by_key or kb not in by_key:
@@ -207,7 +181,7 @@ def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
         df.insert(1, "seed", pr["seed"])
         df["shared_init"] = cfg.shared_init
         frames.append(df)
-        dist = float(np.linalg.norm(_flat(ra.arrays) - _flat(rb.arrays)))
+        dist = float(np.linalg.norm(flat_params(ra.arrays) - flat_params(rb.arrays)))
         for end, (bs, lr, init), r in (("alpha=0", pr["a"], ra), ("alpha=1", pr["b"], rb)):
             v = r.values
             models_rows.append({"pair": pr["pair"], "seed": pr["seed"], "end": end,
@@ -219,7 +193,7 @@ def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
                                                      "test_acc")},
                                 "curve_rise": curve_rise(r.arrays["curve.t"],
                                                           r.arrays["curve.train_loss"]),
-                                "param_norm": float(np.linalg.norm(_flat(r.arrays))),
+                                "param_norm": float(np.linalg.norm(flat_params(r.arrays))),
                                 "pair_distance": dist, "criterion": cfg.criterion,
                                 "target": cfg.target, "lr_scaling": cfg.lr_scaling})
     cols = ["pair", "seed", "alpha", "train_loss", "train_acc", "test_loss", "test_acc",
