@@ -57,7 +57,8 @@ class Config(MatchedConfig):
     lr_pair: list[float] = Field([1e-3, 1e-2], min_length=2, max_length=2,
                                  description="learning rates of the lr pair (batch = batch_size)")
     batch_size: int = Field(64, ge=1, description="batch size of the lr pair")
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate of the batch pair")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate of the batch pair at "
+                                              "lr_base_batch (scaled by lr_scaling)")
     shared_init: bool = Field(True, description="both models of a pair start from one init")
     n_alpha: int = Field(31, ge=3, description="evenly spaced α values (0 and 1 always added)")
     alpha_min: float = Field(-1.0, description="first α")
@@ -105,7 +106,7 @@ def pairs(cfg: Config) -> list[dict]:
     out = []
     for s in cfg.run_seeds():
         second = s if cfg.shared_init else s + 1000
-        lr_b = (cfg.lr, scaled_lr(cfg.lr, b2, cfg.lr_scaling, b1))
+        lr_b = [scaled_lr(cfg.lr, b, cfg.lr_scaling, cfg.lr_base_batch) for b in (b1, b2)]
         out += [{"pair": f"batch {b1} vs {b2}", "seed": s, "setting": "batch_size",
                  "a": (b1, lr_b[0], s), "b": (b2, lr_b[1], second)},
                 {"pair": f"lr {l1:g} vs {l2:g}", "seed": s, "setting": "lr",
