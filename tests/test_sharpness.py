@@ -121,3 +121,38 @@ def test_overflow_inside_the_box_gives_infinite_sharpness():
     )
     assert out["loss"] == pytest.approx(np.exp(-700), rel=1e-9)
     assert out["sharpness"] == np.inf and out["max_loss"] == np.inf
+
+
+class QuadForm(nn.Module):
+    """Output = the parameter vector; the loss 0.5 (θ − c)ᵀ A (θ − c) has Hessian A."""
+
+    def __init__(self, theta):
+        super().__init__()
+        self.theta = nn.Parameter(torch.as_tensor(theta, dtype=torch.float64).clone())
+
+    def forward(self, x):
+        return self.theta
+
+
+@pytest.mark.parametrize("dtype,rel", [(torch.float64, 1e-8), (torch.float32, 1e-4)])
+def test_lambda_max_of_a_quadratic_is_its_largest_eigenvalue(dtype, rel):
+    from dlscope.metrics.sharpness import lambda_max
+
+    rng = np.random.default_rng(4)
+    n = 60
+    q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    eig = np.concatenate([rng.uniform(-1.0, 2.0, size=n - 1), [7.5]])  # indefinite, top 7.5
+    a = torch.as_tensor(q @ np.diag(eig) @ q.T)
+    theta = rng.normal(size=n)
+    model = QuadForm(theta)
+    model.train()
+
+    def loss(out, c):
+        r = out - c.to(out.dtype)
+        return 0.5 * r @ a.to(out.dtype) @ r
+
+    out = lambda_max(model, loss, torch.zeros(n), torch.as_tensor(theta + 0.1), dtype=dtype)
+    assert out["lambda_max"] == pytest.approx(np.linalg.eigvalsh(a.numpy())[-1], rel=rel)
+    assert out["hvps"] >= 1
+    assert model.training and model.theta.grad is None
+    assert torch.equal(model.theta.detach(), torch.as_tensor(theta))

@@ -1,35 +1,27 @@
 """interpolation (HW1 1-3, flatness vs generalization part 1): what lies on the straight
-line between two trained models that differ in one training setting?
+line between two trained models that differ in one training setting, and how wide is each
+minimum on its own scale?
 
-Setup: pairs of MLPs 784-128-64-10 trained with Adam on all 60,000 MNIST images for 10
-epochs, each pair differing in one setting: batch 64 vs 1024 (lr 1e-3), and lr 1e-3 vs 1e-2
-(batch 64). By default both models of a pair start from the same initialization
-(`shared_init`, recorded in results.csv and summary.json); with independent inits the second
-model uses init seed `seed + 1`. The (batch 64, lr 1e-3) model is common to both pairs and is
-trained once: one RunSpec per distinct training, each saving its final parameters as arrays.
-analyze() rebuilds the models and evaluates θ(α) = (1−α)θ₁ + αθ₂ (metrics.interpolation) at
-31+ values of α on [−1, 2] (exactly 0 and 1 included) on the whole train and test sets, in
-eval mode under no_grad, without retraining.
+Setup: pairs of MLPs 784-128-64-10 trained with Adam on a fixed seeded subset of MNIST
+(8,192 images), each pair differing in one setting: batch 64 vs 1024 (lr 1e-3, or scaled
+with the batch size if `lr_scaling` says so), and lr 1e-3 vs 1e-2 (batch 64). Every model
+trains to the same criterion (matched training, `flatness_common`: by default
+full-evaluation train accuracy ≥ 99%, with a step cap), so the pair compares minima, not
+training progress. Three pairs (seeds) per comparison; both models of a pair start from the
+seed's init (`shared_init`; otherwise the second uses seed + 1000). The (batch 64, lr 1e-3)
+model of a seed is common to both pairs and trained once. Then:
+- θ(α) = (1−α)θ₁ + αθ₂ for 31+ values of α on [−1, 2] (0 and 1 exact), evaluated on the
+  whole training subset and test set, in eval mode, without retraining (metrics.interpolation);
+- for each trained model, a filter-normalized 1-D loss curve L(θ + t·d), t ∈ [−1, 1], along a
+  seeded random direction d (Li et al. 2018, metrics.directions), so each minimum is seen on
+  its own scale; its width is summarised by the rise of the train loss at t = ±0.5.
 
-Expected (Keskar et al. 2017, arXiv:1609.04836; Goodfellow et al. 2015): from a shared init
-the loss along the line has no (or a small) barrier between the two solutions and rises
-outside [0, 1], faster beyond the large-batch model, the sharper minimum, whose test
-accuracy is a little lower (for SGD a larger lr acts like a smaller batch; with Adam the lr
-pair is an open question here). Independent inits give a barrier
-near α = 0.5 that says nothing about flatness.
-Measured (assignment profile, shared init, seed 0): batch 64 vs 1024: train loss 0.019 /
-0.067 at α = 0 / 1 (test 97.70% / 97.09%), a small bump (0.092 at α = 0.7) between them;
-half a step beyond each end the train loss is 0.075 at α = -0.5 (small batch) but 5.6 at
-α = 1.5 (large batch): the loss rises much faster beyond the large-batch model. lr 1e-3 vs
-1e-2: train loss 0.019 / 0.119 (test 97.70% / 96.07%), a barrier of 0.52 at α = 0.2; 868 at
-α = -0.5 but 0.26 at α = 1.5: the lr-1e-2 model has moved far from the shared init
-(‖θ₂‖ = 160 vs ‖θ₁‖ = 28; ‖θ₂ − θ₁‖ = 158 against 25 for the batch pair), so α = -0.5 is a
-long step from θ₁, and its loss says more about θ₂'s scale than about θ₁'s flatness
-(models.csv records the norms).
-
-Wall time on this 2-core CPU, shared with other jobs while measured (load ~3): assignment
-67 s (3 trainings on 2 process workers, then 62 evaluations of 70,000 images); quick 15 s
-(2,000 training images, 2 epochs, 11 α values).
+Expected: from a shared init the loss has no or a small barrier between the two solutions
+and rises faster beyond the large-batch model (Keskar et al. 2017, arXiv:1609.04836, Fig. 3);
+on filter-normalized curves small-batch minima are wider than large-batch ones (Li et al.
+2018, arXiv:1712.09913, Fig. 3). The lr pair has no published expectation with Adam (for SGD
+a larger lr acts like a smaller batch) and gets no verdict. A run whose models mostly miss
+the criterion (the quick profile) is a pipeline check and issues no verdicts.
 """
 
 from __future__ import annotations
@@ -40,36 +32,39 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from dlscope import models, plotting
-from dlscope.execution.config import ExperimentConfig
 from dlscope.data import MnistOptions, mnist_dataset
-from dlscope.train.engine import TrainConfig
-from dlscope.experiments.common import mnist_spec, train_and_evaluate
-from dlscope.metrics.interpolation import alpha_grid, evaluate_classifier, interpolate
 from dlscope.execution.runspec import RunResult, RunSpec
+from dlscope.experiments import stats
+from dlscope.experiments.flatness_common import (
+    MatchedConfig, flat_params, iv, jsonable, pipeline_reason, rebuild, scaled_lr, seed_lines,
+    train_matched)
+from dlscope.experiments.common import mnist_spec
+from dlscope.metrics.directions import curve_rise, filter_normalized_direction, loss_curve_1d
+from dlscope.metrics.interpolation import alpha_grid, evaluate_classifier, interpolate
+from dlscope.train.engine import TrainConfig, evaluate, seeded_model
 
 NAME = "interpolation"
 SECTION = "1-3"
-TITLE = "Flatness vs generalization: linear interpolation between two models"
-QUESTION = ("Along the line between two models trained with different batch sizes (or learning "
-            "rates), how do train and test loss and accuracy change?")
+TITLE = "Flatness vs generalization: linear interpolation and filter-normalized curves"
+QUESTION = ("Along the line between two models trained to the same criterion with different "
+            "batch sizes (or learning rates), and around each of them, how does the loss change?")
 
 
-class Config(ExperimentConfig):
+class Config(MatchedConfig):
     model: str = Field("mlp:784-128-64-10", description="MNIST model of every training")
     batch_pair: list[int] = Field([64, 1024], min_length=2, max_length=2,
                                   description="batch sizes of the batch pair (lr = lr)")
     lr_pair: list[float] = Field([1e-3, 1e-2], min_length=2, max_length=2,
                                  description="learning rates of the lr pair (batch = batch_size)")
     batch_size: int = Field(64, ge=1, description="batch size of the lr pair")
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate of the batch pair")
-    epochs: int = Field(10, ge=1, description="training epochs of every model")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate of the batch pair at "
+                                              "lr_base_batch (scaled by lr_scaling)")
     shared_init: bool = Field(True, description="both models of a pair start from one init")
-    train_subset: int = Field(0, ge=0, le=60000,
-                              description="training images (seeded subset); 0: all 60,000")
     n_alpha: int = Field(31, ge=3, description="evenly spaced α values (0 and 1 always added)")
     alpha_min: float = Field(-1.0, description="first α")
     alpha_max: float = Field(2.0, description="last α")
-    seed: int = Field(0, ge=0, description="seed of init, batch order and subset")
+    curve_points: int = Field(21, ge=3, description="t values of each filter-normalized curve")
+    curve_range: float = Field(1.0, gt=0, description="the curves span t ∈ [−range, range]")
 
     @field_validator("model")
     @classmethod
@@ -77,11 +72,11 @@ class Config(ExperimentConfig):
         mnist_spec(v)
         return v
 
-    @field_validator("lr_pair")
+    @field_validator("lr_pair", "batch_pair")
     @classmethod
-    def _lrs(cls, v: list[float]) -> list[float]:
+    def _positive(cls, v: list) -> list:
         if min(v) <= 0:
-            raise ValueError("learning rates must be > 0")
+            raise ValueError("learning rates and batch sizes must be > 0")
         return v
 
     @model_validator(mode="after")
@@ -91,15 +86,12 @@ class Config(ExperimentConfig):
                              f"({self.alpha_max})")
         return self
 
-    @field_validator("batch_pair")
-    @classmethod
-    def _batches(cls, v: list[int]) -> list[int]:
-        if min(v) < 1:
-            raise ValueError("batch sizes must be >= 1")
-        return v
+    def batch_sizes_used(self) -> list[int]:
+        return [*self.batch_pair, self.batch_size]
 
 
-PROFILES = {"quick": {"train_subset": 2000, "epochs": 2, "n_alpha": 11}}
+PROFILES = {"quick": {"seeds": 2, "train_subset": 1024, "max_steps": 48, "n_alpha": 11,
+                      "curve_points": 11}}
 
 
 def data_options(cfg: Config) -> dict:
@@ -108,18 +100,22 @@ def data_options(cfg: Config) -> dict:
 
 
 def pairs(cfg: Config) -> list[dict]:
-    """Each pair: name, the setting that differs, and the two trainings (bs, lr, init seed)."""
-    second = cfg.seed if cfg.shared_init else cfg.seed + 1
+    """Per seed and comparison: name, seed, the setting, the two trainings (bs, lr, init)."""
     b1, b2 = cfg.batch_pair
     l1, l2 = cfg.lr_pair
-    return [{"pair": f"batch {b1} vs {b2}", "setting": "batch_size",
-             "a": (b1, cfg.lr, cfg.seed), "b": (b2, cfg.lr, second)},
-            {"pair": f"lr {l1:g} vs {l2:g}", "setting": "lr",
-             "a": (cfg.batch_size, l1, cfg.seed), "b": (cfg.batch_size, l2, second)}]
+    out = []
+    for s in cfg.run_seeds():
+        second = s if cfg.shared_init else s + 1000
+        lr_b = [scaled_lr(cfg.lr, b, cfg.lr_scaling, cfg.lr_base_batch) for b in (b1, b2)]
+        out += [{"pair": f"batch {b1} vs {b2}", "seed": s, "setting": "batch_size",
+                 "a": (b1, lr_b[0], s), "b": (b2, lr_b[1], second)},
+                {"pair": f"lr {l1:g} vs {l2:g}", "seed": s, "setting": "lr",
+                 "a": (cfg.batch_size, l1, s), "b": (cfg.batch_size, l2, second)}]
+    return out
 
 
-def _key(t: tuple) -> str:
-    return f"bs={t[0]},lr={t[1]:g},init={t[2]}"
+def _key(t: tuple, seed: int) -> str:
+    return f"bs={t[0]},lr={t[1]:g},init={t[2]},seed={seed}"
 
 
 def runs(cfg: Config) -> list[RunSpec]:
@@ -127,33 +123,34 @@ def runs(cfg: Config) -> list[RunSpec]:
     out: dict[str, RunSpec] = {}
     for pr in pairs(cfg):
         for bs, lr, init in (pr["a"], pr["b"]):
-            tc = TrainConfig(lr=lr, batch_size=bs, epochs=cfg.epochs, eval_test=False)
-            out.setdefault(_key((bs, lr, init)), RunSpec(
-                NAME, _key((bs, lr, init)), f"{__name__}:run_fn",
-                {"model": spec, "data": data_options(cfg), "train": tc.model_dump(),
-                 "init_seed": init, "seed": cfg.seed}))
+            key = _key((bs, lr, init), pr["seed"])
+            tc = TrainConfig(lr=lr, batch_size=bs, epochs=1, eval_test=False)
+            out.setdefault(key, RunSpec(NAME, key, f"{__name__}:run_fn", {
+                "model": spec, "data": data_options(cfg), "train": tc.model_dump(),
+                "matched": cfg.matched(), "init_seed": init, "seed": pr["seed"],
+                "curve": {"points": cfg.curve_points, "range": cfg.curve_range}}))
     return list(out.values())
 
 
 def run_fn(p: dict, ctx) -> RunResult:
-    model, ds, res, m = train_and_evaluate(p, ctx, init_seed=p["init_seed"])
+    ds = ctx.dataset({"kind": "mnist", **p["data"]})
+    spec = models.parse_model(p["model"])
+    model = seeded_model(lambda: models.build(spec), p["init_seed"]).to(ctx.device)
+    tr = train_matched(model, ds, TrainConfig(**p["train"]), p["matched"], p["seed"])
+    m = dict(zip(("train_loss", "train_acc"), evaluate(model, ds.x_train, ds.y_train, True)))
+    m.update(zip(("test_loss", "test_acc"), evaluate(model, ds.x_test, ds.y_test, True)))
+    ev_tr, ev_te = (evaluate_classifier(ds.x_train, ds.y_train, batch_size=8192),
+                    evaluate_classifier(ds.x_test, ds.y_test, batch_size=8192))
+    c = p["curve"]
+    ts = np.linspace(-c["range"], c["range"], c["points"])
+    curve = loss_curve_1d(model.eval(), filter_normalized_direction(model, p["seed"]), ts,
+                          lambda mod: {**{f"train_{k}": v for k, v in ev_tr(mod).items()},
+                                       **{f"test_{k}": v for k, v in ev_te(mod).items()}})
     arrays = {f"param.{k}": v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    return RunResult(values={"status": res.status, "epochs_run": res.epochs_run,
-                             "wall_s": res.wall_s, **m}, arrays=arrays)
-
-
-def rebuild(params: dict, arrays: dict) -> torch.nn.Module:
-    """The trained model of a run, from its spec params and saved arrays."""
-    model = models.build(models.parse_model(params["model"]))
-    state = {k[len("param."):]: torch.from_numpy(np.array(v)) for k, v in arrays.items()
-             if k.startswith("param.")}
-    model.load_state_dict(state)
-    return model.eval()
-
-
-def _flat(arrays: dict) -> np.ndarray:
-    return np.concatenate([np.ravel(v).astype(np.float64) for k, v in sorted(arrays.items())
-                           if k.startswith("param.")])
+    arrays.update({f"curve.{k}": curve[k].to_numpy() for k in curve.columns})
+    return RunResult(values={"status": tr["status"], "reached": tr["reached"],
+                             "steps": tr["steps"], "criterion_step": tr["criterion_step"],
+                             "wall_s": tr["wall_s"], **m}, arrays=arrays)
 
 
 def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
@@ -169,8 +166,12 @@ def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
 
     alphas = alpha_grid(cfg.n_alpha, cfg.alpha_min, cfg.alpha_max)
     frames, models_rows = [], []
+    curves = [pd.DataFrame({k[len("curve."):]: v for k, v in r.arrays.items()
+                            if k.startswith("curve.")}).assign(
+        run=spec.key, seed=spec.params["seed"], batch_size=spec.params["train"]["batch_size"],
+        lr=spec.params["train"]["lr"]) for spec, r in results]
     for pr in pairs(cfg):
-        ka, kb = _key(pr["a"]), _key(pr["b"])
+        ka, kb = _key(pr["a"], pr["seed"]), _key(pr["b"], pr["seed"])
         if ka not in by_key or kb not in by_key:
             continue  # a failed training: its pair is left out (the runner lists failures)
         (sa, ra), (sb, rb) = by_key[ka], by_key[kb]
@@ -178,42 +179,59 @@ def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
             df = interpolate(rebuild(sa.params, ra.arrays), rebuild(sb.params, rb.arrays),
                              alphas, ev)
         df.insert(0, "pair", pr["pair"])
+        df.insert(1, "seed", pr["seed"])
         df["shared_init"] = cfg.shared_init
         frames.append(df)
-        dist = float(np.linalg.norm(_flat(ra.arrays) - _flat(rb.arrays)))
+        dist = float(np.linalg.norm(flat_params(ra.arrays) - flat_params(rb.arrays)))
         for end, (bs, lr, init), r in (("alpha=0", pr["a"], ra), ("alpha=1", pr["b"], rb)):
-            models_rows.append({"pair": pr["pair"], "end": end, "run": _key((bs, lr, init)),
-                                "batch_size": bs, "lr": lr, "init_seed": init,
-                                **{k: r.values[k] for k in ("train_loss", "train_acc",
-                                                            "test_loss", "test_acc")},
-                                "param_norm": float(np.linalg.norm(_flat(r.arrays))),
-                                "pair_distance": dist})
-    cols = ["pair", "alpha", "train_loss", "train_acc", "test_loss", "test_acc", "shared_init"]
+            v = r.values
+            models_rows.append({"pair": pr["pair"], "seed": pr["seed"], "end": end,
+                                "run": _key((bs, lr, init), pr["seed"]), "batch_size": bs,
+                                "lr": lr, "init_seed": init, "reached": v["reached"],
+                                "status": v["status"], "steps": v["steps"],
+                                "criterion_step": v["criterion_step"],
+                                **{k: v[k] for k in ("train_loss", "train_acc", "test_loss",
+                                                     "test_acc")},
+                                "curve_rise": curve_rise(r.arrays["curve.t"],
+                                                          r.arrays["curve.train_loss"]),
+                                "param_norm": float(np.linalg.norm(flat_params(r.arrays))),
+                                "pair_distance": dist, "criterion": cfg.criterion,
+                                "target": cfg.target, "lr_scaling": cfg.lr_scaling})
+    cols = ["pair", "seed", "alpha", "train_loss", "train_acc", "test_loss", "test_acc",
+            "shared_init"]
     res = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
-    return {"results": res[cols], "models": pd.DataFrame(models_rows)}
-
-
-_WORD = {"loss": "loss", "acc": "accuracy"}
+    return {"results": res[cols], "models": pd.DataFrame(models_rows),
+            "curves": pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()}
 
 
 def figures(cfg: Config, tables) -> dict:
     figs = {}
-    res, mods = tables["results"], tables["models"]
+    res, mods, cur = tables["results"], tables["models"], tables["curves"]
     for i, (name, g) in enumerate(res.groupby("pair", sort=False)):
-        ends = mods[mods.pair == name].set_index("end")
+        ends = mods[mods.pair == name].drop_duplicates("end").set_index("end")
         labels = [f"bs {int(e.batch_size)}, lr {e.lr:g}" for e in ends.itertuples()]
-        fig, (ax1, ax2) = plotting.figure(ncols=2)
-        for ax, key, scale, unit in ((ax1, "loss", 1, "cross-entropy (log)"),
-                                     (ax2, "acc", 100, "accuracy (%)")):
-            ax.plot(g.alpha, scale * g[f"train_{key}"], "o-", ms=3, label="train")
-            ax.plot(g.alpha, scale * g[f"test_{key}"], "s--", ms=3, label="test")
+        init = "shared init" if bool(g.shared_init.iloc[0]) else "independent inits"
+        fig, axes = plotting.figure(ncols=3)
+        for ax, key, scale, unit in ((axes[0], "loss", 1, "cross-entropy (log)"),
+                                     (axes[1], "acc", 100, "accuracy (%)")):
+            seed_lines(ax, g, "alpha", f"train_{key}", "C0", "train", scale)
+            seed_lines(ax, g, "alpha", f"test_{key}", "C1", "test", scale)
             for a in (0, 1):
                 ax.axvline(a, color="grey", lw=0.8, ls=":")
             if key == "loss":
                 ax.set_yscale("log")
-            init = "shared init" if bool(g.shared_init.iloc[0]) else "independent inits"
-            plotting.finish(ax, f"{name} ({init}): {_WORD[key]}",
+            plotting.finish(ax, f"{name} ({init}): {key}",
                             f"α  (0: {labels[0]}; 1: {labels[-1]})", unit)
+        ax = axes[2]
+        for j, (end, e) in enumerate(ends.iterrows()):
+            runs_ = mods[(mods.pair == name) & (mods.end == end)].run
+            seed_lines(ax, cur[cur.run.isin(runs_)], "t", "train_loss", f"C{j + 2}",
+                        f"{labels[j]} ({end})")
+        ax.set_yscale("log")
+        plotting.finish(ax, "filter-normalized curves around each end (Li et al.)",
+                        "t (θ + t·d, d filter-normalized)", "train loss (log)")
+        fig.suptitle(f"{len(g.seed.unique())} seeds: faint = one seed, bold = median; "
+                     f"matched: {cfg.criterion_text()}", fontsize=8)
         figs[f"pair{i + 1}_{_slug(name)}"] = fig
     return figs
 
@@ -222,37 +240,115 @@ def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in text)[:40]
 
 
-def _at(g: pd.DataFrame, alpha: float, col: str) -> float:
-    return float(g.loc[(g.alpha - alpha).abs().idxmin(), col])
+def _at(g: pd.DataFrame, alpha: float, col: str) -> pd.Series:
+    """Per seed, the value of `col` at the grid α nearest `alpha`."""
+    a = g.alpha.to_numpy()
+    near = a[np.abs(a - alpha).argmin()]
+    return g[g.alpha == near].set_index("seed")[col]
+
+
+def _ends(mods: pd.DataFrame, name: str, end: str) -> pd.DataFrame:
+    m = mods[(mods.pair == name) & (mods.end == end)]
+    return m[m.reached.astype(bool)]
+
+
+def statistics(cfg: Config, tables) -> dict:
+    return jsonable(_statistics(cfg, tables))
+
+
+def _statistics(cfg: Config, tables) -> dict:
+    res, mods = tables["results"], tables["models"]
+    out: dict = {"matched_criterion": cfg.criterion_text(), "lr_scaling": cfg.lr_scaling,
+                 "interval": "95% t-interval of the mean over seeds",
+                 "pipeline_check": pipeline_reason(mods.drop_duplicates("run"), cfg),
+                 "pairs": {}}
+    for name, g in res.groupby("pair", sort=False):
+        e0, e1 = _ends(mods, name, "alpha=0"), _ends(mods, name, "alpha=1")
+        out["pairs"][name] = {
+            **{f"{c}@{end}": stats.interval(e[c]).to_dict() for end, e in (("0", e0), ("1", e1))
+               for c in ("train_loss", "test_acc", "steps", "curve_rise")},
+            "train_loss_1_minus_0": stats.compare(e0.train_loss, e1.train_loss).to_dict(),
+            "curve_rise_1_minus_0": stats.compare(e0.curve_rise, e1.curve_rise).to_dict(),
+            "log10_loss_at_1.5_minus_at_-0.5": stats.compare(
+                np.log10(_at(g, -0.5, "train_loss")), np.log10(_at(g, 1.5, "train_loss"))
+            ).to_dict(),
+            "max_train_loss_between": stats.interval(
+                g[(g.alpha > 0) & (g.alpha < 1)].groupby("seed").train_loss.max()).to_dict(),
+            "failures": stats.failure_rates(
+                mods[mods.pair == name].drop_duplicates("run").status, ("missed", "diverged"))}
+    return out
+
+
+def verdicts(cfg: Config, tables) -> list[stats.Verdict]:
+    res, mods = tables["results"], tables["models"]
+    b1, b2 = cfg.batch_pair
+    name = f"batch {b1} vs {b2}"
+    li = ((f"On filter-normalized 1-D curves the batch-{b2} minimum is narrower (larger rise "
+          f"of the train loss at t = ±{cfg.curve_range / 2:g}) than the batch-{b1} one"),
+          "Li et al. 2018 (arXiv:1712.09913)", ("VGG-9 on CIFAR-10, batch 128 vs 8192 (Fig. 3): "
+          "small-batch minima wider on filter-normalized plots"))
+    ke = ((f"On the line θ(α) from batch {b1} (α = 0) to batch {b2} (α = 1) the train loss "
+          f"rises faster beyond the large-batch end (α = 1.5) than beyond the small-batch end "
+          f"(α = −0.5)"), "Keskar et al. 2017 (arXiv:1609.04836)",
+          "Fig. 3 (F1 on MNIST and others): sharp rise beyond the large-batch solution")
+    why = pipeline_reason(mods.drop_duplicates("run"), cfg)
+    if why is not None or name not in set(res.pair):
+        why = why or "the batch pair did not finish"
+        return [stats.pipeline_check(*li, why), stats.pipeline_check(*ke, why)]
+    e0, e1 = _ends(mods, name, "alpha=0"), _ends(mods, name, "alpha=1")
+    d = stats.compare(e0.curve_rise, e1.curve_rise)
+    out = [stats.Verdict(*li, f"rise (bs {b2}) − rise (bs {b1}): {d.text()}",
+                         stats.DIFFERENCE_RULE, stats.outcome_of_difference(d, +1))]
+    g = res[res.pair == name]
+    ok = set(e0.seed) & set(e1.seed)
+    lo, hi = (np.log10(_at(g, a, "train_loss")) for a in (-0.5, 1.5))
+    d2 = stats.compare(lo[lo.index.isin(ok)], hi[hi.index.isin(ok)])
+    out.append(stats.Verdict(*ke, f"log10 train loss at α = 1.5 − at α = −0.5: {d2.text()}",
+                             stats.DIFFERENCE_RULE, stats.outcome_of_difference(d2, +1)))
+    return out
 
 
 def observations(cfg: Config, tables) -> list[str]:
-    out = []
     res, mods = tables["results"], tables["models"]
+    out = [(f"Matched training: {cfg.criterion_text()}; lr scaling {cfg.lr_scaling}; "
+           f"{int(mods.drop_duplicates('run').reached.sum())} of "
+           f"{mods.run.nunique()} models reached it. Numbers are medians [95% t-intervals of "
+           f"the mean over seeds].")]
+    why = pipeline_reason(mods.drop_duplicates("run"), cfg)
+    if why:
+        out.append(f"Pipeline check, not evidence: {why}. Numbers below include every model.")
     for name, g in res.groupby("pair", sort=False):
-        inside = g[(g.alpha > 0) & (g.alpha < 1)]
-        ends = mods[mods.pair == name].set_index("end")
-        e0, e1 = ends.loc["alpha=0"], ends.loc["alpha=1"]
+        m = mods[mods.pair == name]
+        if not why:
+            m = m[m.reached.astype(bool)]
+        e0, e1 = m[m.end == "alpha=0"], m[m.end == "alpha=1"]
         init = "a shared init" if bool(g.shared_init.iloc[0]) else "independent inits"
-        text = (f"{name} ({init}): train loss {_at(g, 0, 'train_loss'):.3g} at α=0 and "
-                f"{_at(g, 1, 'train_loss'):.3g} at α=1; test accuracy "
-                f"{100 * e0.test_acc:.2f}% vs {100 * e1.test_acc:.2f}%.")
-        if len(inside):
-            text += (f" Highest train loss between them {inside.train_loss.max():.3g} "
-                     f"(α={inside.loc[inside.train_loss.idxmax(), 'alpha']:.2f}).")
-        a_lo, a_hi = _at(g, -0.5, "alpha"), _at(g, 1.5, "alpha")
-        lo, hi = _at(g, -0.5, "train_loss"), _at(g, 1.5, "train_loss")
-        text += (f" Outside: train loss {lo:.3g} at α={a_lo:g} (beyond the first "
-                 f"model), {hi:.3g} at α={a_hi:g} (beyond the second); ‖θ₂ − θ₁‖ = "
-                 f"{e0.pair_distance:.3g}, ‖θ₁‖ = {e0.param_norm:.3g}, ‖θ₂‖ = "
-                 f"{e1.param_norm:.3g}.")
+        inside = g[(g.alpha > 0) & (g.alpha < 1)].groupby("seed").train_loss.max()
+        text = (f"{name} ({init}, {g.seed.nunique()} seeds): steps {iv(e0.steps, '.0f')} vs "
+                f"{iv(e1.steps, '.0f')}; train loss at α=0 {iv(e0.train_loss)} and at α=1 "
+                f"{iv(e1.train_loss)}; test accuracy {iv(e0.test_acc, '.2f', 100)}% vs "
+                f"{iv(e1.test_acc, '.2f', 100)}%; highest train loss between them "
+                f"{iv(inside)}; train loss at α=−0.5 {iv(_at(g, -0.5, 'train_loss'))}, at "
+                f"α=1.5 {iv(_at(g, 1.5, 'train_loss'))}; filter-normalized rise "
+                f"{iv(e0.curve_rise)} vs {iv(e1.curve_rise)}; ‖θ₂ − θ₁‖ "
+                f"{iv(e0.pair_distance)}.")
+        d = stats.compare(e0.train_loss, e1.train_loss)
+        ratio = float(e1.train_loss.median() / e0.train_loss.median()) if len(e0) else np.nan
+        if d.clear or not 0.8 <= ratio <= 1.25:
+            text += (f" The endpoints sit at different train losses (α=1 − α=0: {d.text()}, "
+                     f"ratio of medians {ratio:.2f}): the curves compare different training "
+                     f"states as well as different minima.")
         out.append(text)
     return out
 
 
 def headline(cfg: Config, tables) -> dict:
     out: dict = {"shared_init": cfg.shared_init}
-    for name, g in tables["results"].groupby("pair", sort=False):
+    res, mods = tables["results"], tables["models"]
+    for name, g in res.groupby("pair", sort=False):
         for a in (-0.5, 0.0, 0.5, 1.0, 1.5):
-            out[f"{name}/train_loss@{_at(g, a, 'alpha'):g}"] = _at(g, a, "train_loss")
+            out[f"{name}/train_loss@{a:g}"] = float(_at(g, a, "train_loss").median())
+        for end in ("alpha=0", "alpha=1"):
+            out[f"{name}/curve_rise@{end}"] = float(
+                mods[(mods.pair == name) & (mods.end == end)].curve_rise.median())
     return out

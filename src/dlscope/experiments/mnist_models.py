@@ -35,7 +35,7 @@ from dlscope.errors import UserError
 from dlscope.execution.config import ExperimentConfig
 from dlscope.execution.runspec import RunResult, RunSpec
 from dlscope.experiments import stats
-from dlscope.experiments.mnist_common import mnist_spec
+from dlscope.experiments.common import mnist_spec
 from dlscope.train.engine import TrainConfig, evaluate, seeded_model, train
 
 NAME = "mnist-models"

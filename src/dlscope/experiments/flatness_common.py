@@ -1,0 +1,230 @@
+"""What the two flatness experiments (interpolation, sensitivity) share: matched training,
+learning-rate scaling with the batch size, and seed bands in figures (SCIENCE.md §3, §4).
+
+Matched training (Hoffer et al. 2017, arXiv:1705.08741; Keskar et al. 2017 compare models
+at near-100% train accuracy): every model of a comparison trains until one common criterion
+fires, instead of for a fixed number of epochs (which gives batch 64 sixteen times the steps
+of batch 1024):
+- `train_acc` (default): full-evaluation train accuracy (eval mode, the whole training set,
+  after each epoch) ≥ `target`;
+- `train_loss`: full-evaluation train loss ≤ `target`;
+- `steps`: `max_steps` optimizer steps for every model (rounded up to whole epochs).
+A step cap (`max_steps`) bounds the first two; a model that hits it has status "missed"
+(counted as a failure rate and left out of the statistics). The criterion is checked at the
+end of every epoch, so it fires at most one epoch late; the step at which it fired is
+recorded (`criterion_step`). Learning rate: lr(B) = lr · (B / lr_base_batch)^k with k = 0
+(`none`), 1 (`linear`, Goyal et al. 2017) or ½ (`sqrt`, Krizhevsky 2014; Hoffer et al.).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import Field, model_validator
+
+from dlscope import models
+from dlscope.execution.config import ExperimentConfig
+from dlscope.experiments import stats
+from dlscope.train.engine import TrainConfig, evaluate, train
+
+N_MNIST_TRAIN = 60000
+
+
+class MatchedConfig(ExperimentConfig):
+    """Config fields of matched training (the experiments' Configs derive from this)."""
+    criterion: Literal["train_acc", "train_loss", "steps"] = Field(
+        "train_acc", description="common stopping criterion: full-eval train accuracy >= "
+        "target, full-eval train loss <= target, or the same number of steps (max_steps)")
+    target: float = Field(0.99, gt=0, description="train accuracy (fraction) or train loss "
+                                                  "at which every model stops")
+    max_steps: int = Field(12000, ge=1, description="step cap (criterion 'steps': the steps)")
+    lr_scaling: Literal["none", "linear", "sqrt"] = Field(
+        "none", description="learning rate vs batch size: lr·(B/lr_base_batch)^{0, 1, 1/2}")
+    lr_base_batch: int = Field(64, ge=1, description="batch size at which lr applies as given")
+    seeds: int = Field(3, ge=1, description="seeds (fresh init and batch order) per setting")
+    seed: int = Field(0, ge=0, description="first seed; also the seed of the data subsets")
+    train_subset: int = Field(8192, ge=0, le=N_MNIST_TRAIN,
+                              description="training images (seeded subset); 0: all 60,000")
+
+    @model_validator(mode="after")
+    def _target(self):
+        if self.criterion == "train_acc" and not 0 < self.target <= 1:
+            raise ValueError(f"target: a train accuracy is a fraction in (0, 1], got "
+                             f"{self.target}")
+        too_big = [b for b in self.batch_sizes_used() if b > self.n_train]
+        if too_big:
+            raise ValueError(f"batch size {max(too_big)} > the {self.n_train} training images "
+                             f"(train_subset): the largest possible batch is {self.n_train}")
+        return self
+
+    @property
+    def n_train(self) -> int:
+        return self.train_subset or N_MNIST_TRAIN
+
+    def batch_sizes_used(self) -> list[int]:  # overridden by each experiment
+        return []
+
+    def run_seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.seeds)]
+
+    def matched(self) -> dict:
+        """The criterion as recorded in every RunSpec's params."""
+        return {"criterion": self.criterion, "target": self.target,
+                "max_steps": self.max_steps}
+
+    def criterion_text(self) -> str:
+        if self.criterion == "steps":
+            return f"the same number of steps ({self.max_steps:,}, whole epochs)"
+        what = ("train accuracy ≥ " + f"{100 * self.target:g}%" if self.criterion == "train_acc"
+                else f"train loss ≤ {self.target:g}")
+        return f"{what} (full evaluation after each epoch; cap {self.max_steps:,} steps)"
+
+
+def scaled_lr(lr: float, batch_size: int, rule: str, base: int) -> float:
+    """lr · (batch_size / base)^k, k = 0, 1, 1/2 for rule none, linear, sqrt."""
+    k = {"none": 0.0, "linear": 1.0, "sqrt": 0.5}[rule]
+    return float(lr * (batch_size / base) ** k)
+
+
+class _Reached(Exception):
+    """Raised from train's on_epoch hook to stop at the epoch the criterion fired."""
+
+
+def train_matched(model, ds, tc: TrainConfig, matched: dict, seed: int) -> dict:
+    """Train `model` in place until `matched` fires (see the module docstring).
+
+    `tc` gives optimizer, lr and batch size (its epochs are replaced by the cap). Returns the
+    status ("ok": reached, or ran its steps; "missed": capped; "diverged"), `reached`, `steps`
+    run, `criterion_step` (None unless it fired), `epochs`, `wall_s`, and the full-evaluation
+    train accuracy and loss after each epoch (`curve`, for the criteria that evaluate)."""
+    n = len(ds.x_train)
+    bs = tc.batch_size or n
+    if bs > n:  # the configs reject this earlier; never cap silently
+        raise ValueError(f"batch size {bs} > {n} training images")
+    spe = math.ceil(n / bs)
+    epochs = math.ceil(matched["max_steps"] / spe)
+    crit, target = matched["criterion"], matched["target"]
+    curve: list[tuple[int, float, float]] = []
+    fired: dict = {}
+
+    def on_epoch(epoch, m, _metrics):
+        if epoch == 0 or crit == "steps":
+            return
+        loss, acc = evaluate(m, ds.x_train, ds.y_train, True)
+        curve.append((epoch * spe, loss, acc))
+        if (acc >= target) if crit == "train_acc" else (loss <= target):
+            fired["epoch"] = epoch
+            raise _Reached
+
+    t0 = time.perf_counter()
+    cfg = tc.model_copy(update={"epochs": epochs, "eval_test": False, "converge_loss": None,
+                                "converge_rel": None})
+    status, ran = "ok", epochs
+    try:
+        res = train(model, ds, cfg, seed=seed, on_epoch=on_epoch)
+        ran = res.epochs_run
+        if res.status == "diverged":
+            status = "diverged"
+        elif crit != "steps":
+            status = "missed"
+    except _Reached:
+        ran = fired["epoch"]
+    steps = ran * spe
+    return {"status": status, "reached": status == "ok", "steps": steps,
+            "criterion_step": steps if "epoch" in fired else None, "epochs": ran,
+            "steps_per_epoch": spe, "wall_s": time.perf_counter() - t0,
+            "curve": np.asarray(curve, dtype=np.float64).reshape(-1, 3)}
+
+
+def pipeline_reason(df: pd.DataFrame, cfg: MatchedConfig) -> str | None:
+    """Why a run is a pipeline check (None when it is evidence): more than half of its models
+    missed the matched criterion, or fewer than 2 seeds were asked for."""
+    n, ok = len(df), int(df.reached.sum()) if len(df) else 0
+    if n == 0:
+        return "no finished models"
+    if cfg.seeds < stats.MIN_SEEDS:
+        return f"{cfg.seeds} seed per setting: no interval"
+    if ok < n / 2:
+        return (f"{n - ok} of {n} models missed the matched criterion "
+                f"({cfg.criterion_text()})")
+    return None
+
+
+def jsonable(obj):
+    """`obj` with numpy scalars (e.g. the np.bool_ of a Difference's `clear`) made Python."""
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    return obj.item() if isinstance(obj, np.generic) else obj
+
+
+def iv(values, fmt: str = ".3g", scale: float = 1.0) -> str:
+    """'median [lo, hi]' of the finite values (95% t-interval of the mean; n < 2: no interval)."""
+    i = stats.interval(values)
+    if i.n == 0:
+        return "n/a"
+    if not np.isfinite(i.lo):
+        return f"{i.median * scale:{fmt}} (1 seed)"
+    return f"{i.median * scale:{fmt}} [{i.lo * scale:{fmt}}, {i.hi * scale:{fmt}}]"
+
+
+def band(ax, groups, col: str, color: str,
+         label: str, scale: float = 1.0, marker: str = "o") -> None:
+    """Per-seed faint points, the median line and the interquartile band of `col` per x.
+
+    `groups` is a DataFrame grouped by the x column holding `reached`: models that missed the
+    criterion are drawn as grey crosses and left out of the median and band."""
+    xs, med, lo, hi = [], [], [], []
+    for x, g in groups:
+        ok = g[g.reached.astype(bool)]
+        bad = g[~g.reached.astype(bool)]
+        ax.plot([x] * len(ok), scale * ok[col], marker, color=color, alpha=0.3, ms=4, ls="none")
+        if len(bad):
+            ax.plot([x] * len(bad), scale * bad[col], "x", color="grey", ms=5, ls="none")
+        v = scale * ok[col].to_numpy(dtype=float)
+        v = v[np.isfinite(v)]
+        if len(v):
+            xs.append(x)
+            med.append(np.median(v))
+            lo.append(np.percentile(v, 25))
+            hi.append(np.percentile(v, 75))
+    ax.plot(xs, med, marker + "-", color=color, label=f"{label} (median)")
+    if xs:
+        ax.fill_between(xs, lo, hi, color=color, alpha=0.2, lw=0)
+
+
+def seed_lines(ax, g: pd.DataFrame, x: str, col: str, color: str, label: str, scale=1.0):
+    """Per-seed faint lines under the median over seeds."""
+    for _, s in g.groupby("seed"):
+        ax.plot(s[x], scale * s[col], color=color, alpha=0.25, lw=0.8)
+    med = g.groupby(x)[col].median()
+    ax.plot(med.index, scale * med.to_numpy(), color=color, lw=2, label=f"{label} (median)")
+
+
+def bs_axis(ax, batch_sizes) -> None:
+    """A log-2 batch-size axis ticked at the batch sizes themselves."""
+    bs = sorted({int(b) for b in batch_sizes})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(bs, [str(b) for b in bs])
+    ax.set_xticks([], minor=True)
+
+
+def rebuild(params: dict, arrays: dict) -> torch.nn.Module:
+    """The trained model of a run, from its spec params and saved arrays."""
+    model = models.build(models.parse_model(params["model"]))
+    state = {k[len("param."):]: torch.from_numpy(np.array(v)) for k, v in arrays.items()
+             if k.startswith("param.")}
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def flat_params(arrays: dict) -> np.ndarray:
+    """All saved parameters of a run ("param.*" arrays) as one float64 vector."""
+    return np.concatenate([np.ravel(v).astype(np.float64) for k, v in sorted(arrays.items())
+                           if k.startswith("param.")])
