@@ -22,6 +22,7 @@ REGISTRY: dict[str, str] = {
     "param-count": "dlscope.experiments.param_count",
     "interpolation": "dlscope.experiments.interpolation",
     "sensitivity": "dlscope.experiments.sensitivity",
+    "curvature": "dlscope.experiments.curvature",
 }
 
 
