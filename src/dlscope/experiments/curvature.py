@@ -152,6 +152,8 @@ def _density(g: pd.DataFrame, grid: np.ndarray, sigma: float) -> np.ndarray:
 
 def figures(cfg: Config, tables) -> dict:
     res, rz = tables["results"], tables["ritz"]
+    if res.empty or rz.empty:
+        return {}
     fig, (ax_d, ax_t) = plotting.figure(2, width=5.6, height=4.0)
     lo, hi = rz.ritz.min(), rz.ritz.max()
     sigma = float(np.sqrt(1e-5 * max(1.0, hi - lo)))

@@ -38,17 +38,20 @@ class TraceResult:
 
 
 def hessian_trace(model, loss_fn, data, *, rtol: float = 1e-2, max_probes: int = 1000,
-                  min_probes: int = 10, exact: bool | None = None, seed: int = 0,
+                  min_probes: int | None = None, exact: bool | None = None, seed: int = 0,
                   dtype=torch.float64, batch_size: int | None = None) -> TraceResult:
     """The trace of the Hessian of the mean loss over ``data`` (metrics/batches.py).
 
     Hutchinson with Rademacher probes, one HVP each, until the standard error is at most
-    ``rtol·|estimate|`` (checked from ``min_probes`` probes on) or ``max_probes`` probes were
-    used (then ``converged`` is False). ``exact=True`` sums the diagonal of the dense
-    Hessian instead (P HVPs' worth of work, P² memory: small nets only); ``exact=None``
-    does so when P ≤ 1000. Probes are drawn from ``torch.Generator().manual_seed(seed)``.
+    ``rtol·|estimate|`` (checked from ``min_probes`` probes on, default ``min(10,
+    max_probes)``) or ``max_probes`` probes were used (then ``converged`` is False).
+    ``exact=True`` sums the diagonal of the dense Hessian instead (P HVPs' worth of work,
+    P² memory: small nets only); ``exact=None`` does so when P ≤ 1000.
+    Probes are drawn from ``torch.Generator().manual_seed(seed)``.
     """
     t0 = time.perf_counter()
+    if min_probes is None:
+        min_probes = min(10, max_probes) if isinstance(max_probes, int) else 10
     if not (isinstance(max_probes, int) and isinstance(min_probes, int)
             and 2 <= min_probes <= max_probes):
         raise UserError(f"need integers 2 <= min_probes <= max_probes, got {min_probes!r}, "
