@@ -57,3 +57,12 @@ def _quiet(msg: str) -> None:
     import sys
 
     print(msg, file=sys.stderr)
+
+
+def __getattr__(name: str):
+    # `import dlscope; dlscope.metrics.hessian_trace(...)` without importing torch at startup
+    if name in ("metrics", "data"):
+        import importlib
+
+        return importlib.import_module(f"dlscope.{name}")
+    raise AttributeError(f"module 'dlscope' has no attribute {name!r}")

@@ -23,6 +23,9 @@ log says how many, and the load average at the start and the end.
                             on 10,000 images each (1/6 epoch, 157 steps), as one ensemble
     sequential8_s           the same 8 runs one after the other with `engine.train`
     ensemble_ratio          ensemble8_s / sequential8_s
+    hvp_per_s, hessian_top5_s, hessian_trace_s, hessian_density_s (and the HVPs/probes used):
+                            curvature of the 784-128-64-10 MLP on 10,000 MNIST images
+                            (`curvature_figures`)
     hessian_1k_s            `metrics.hessian.hessian_eigenvalues` of a 1-w1-w-1 MLP with ~1,000
                             parameters (models.width_for_params(2, 1000)) on 1,000 points of
                             sinc, MSE: exact float64 Hessian and its full spectrum
@@ -231,6 +234,53 @@ def _hessian_seconds(log: Log) -> float | None:
     return elapsed
 
 
+def curvature_figures(log: Log, n: int = 10000, repeats: int = 1) -> dict:
+    """Curvature of the 784-128-64-10 MLP (seed 0, at initialisation) on the first ``n``
+    MNIST training images, float64, cross-entropy (medians over ``repeats``):
+
+        hvp_per_s             Hessian-vector products per second (HessianOperator.matvec)
+        hessian_top5_s        extreme_eigenvalues(k=5, which="top"), tol 1e-8
+        hessian_top5_hvps     the HVPs it used
+        hessian_trace_s       hessian_trace, Hutchinson, rtol 1e-2, at most 100 probes
+        hessian_trace_probes  the probes it used
+        hessian_density_s     hessian_density, 1 probe x 80 Lanczos steps (PyHessian-like)
+    """
+    from dlscope import data
+    from dlscope.metrics import extreme_eigenvalues, hessian_density, hessian_trace
+    from dlscope.metrics.operators import HessianOperator
+
+    flat = data.mnist_dataset(data.MnistOptions(flatten=True), log=lambda _m: None)
+    xy = (flat.x_train[:n], flat.y_train[:n])
+    model = seeded_model(lambda: models.build(MLP), 0)
+    loss = F.cross_entropy
+    rows = []
+    for _ in range(max(1, int(repeats))):
+        op = HessianOperator(model, loss, xy)
+        v = torch.ones(op.p, dtype=torch.float64)
+        op.matvec(v)  # warm-up
+        k, t = 10, time.perf_counter()
+        for _ in range(k):
+            op.matvec(v)
+        t_hvp = time.perf_counter() - t
+        t = time.perf_counter()
+        top = extreme_eigenvalues(model, loss, xy, k=5, which="top", return_vectors=True)
+        t_top = time.perf_counter() - t
+        tr = hessian_trace(model, loss, xy, exact=False, rtol=1e-2, max_probes=100)
+        d = hessian_density(model, loss, xy, probes=1, steps=80)
+        rows.append({"hvp": k / t_hvp, "top": t_top, "top_hvps": top.hvps - 5,
+                     "trace": tr.wall_s, "probes": tr.probes, "density": d.wall_s})
+        log(f"bench: curvature on {n:,} images: {k / t_hvp:.1f} HVPs/s; top-5 {t_top:.2f} s "
+            f"({top.hvps} HVPs, λmax {top.top[-1]:.4g}); trace {tr.trace:.4g} ± "
+            f"{tr.stderr:.2g} in {tr.wall_s:.2f} s ({tr.probes} probes); density "
+            f"{d.wall_s:.2f} s (load {_load()})")
+    return {"hvp_per_s": _med(r["hvp"] for r in rows),
+            "hessian_top5_s": _med(r["top"] for r in rows),
+            "hessian_top5_hvps": _med(r["top_hvps"] for r in rows),
+            "hessian_trace_s": _med(r["trace"] for r in rows),
+            "hessian_trace_probes": _med(r["probes"] for r in rows),
+            "hessian_density_s": _med(r["density"] for r in rows)}
+
+
 def run_bench(repeats: int = 3, suite: bool = False, log: Log = print, *,
               n_train: int = 60000, cnn_train: int | None = None, ensemble_train: int = 10000,
               ensemble_size: int = 8, sgemm_n: int = 2048, threads: int | None = None,
@@ -353,6 +403,8 @@ def run_bench(repeats: int = 3, suite: bool = False, log: Log = print, *,
             "ensemble_ratio": _med(r["ratio"] for r in ens_rows),
             "hessian_1k_s": _med(hess),
         }
+        if hessian:
+            figures.update(curvature_figures(log, n=min(10000, flat.n_train), repeats=repeats))
         figures = {k: _round(v) for k, v in figures.items()}
         if suite:
             from dlscope.execution.suite import run_all

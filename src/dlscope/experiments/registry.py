@@ -41,6 +41,7 @@ BUILTIN: dict[str, str] = {
     "weight-pca": "dlscope.experiments.weight_pca",
     "grad-norm": "dlscope.experiments.grad_norm",
     "minimal-ratio": "dlscope.experiments.minimal_ratio",
+    "curvature": "dlscope.experiments.curvature",
     "random-labels": "dlscope.experiments.random_labels",
     "param-count": "dlscope.experiments.param_count",
     "interpolation": "dlscope.experiments.interpolation",

@@ -9,7 +9,9 @@ included, of the loss on the whole batch ``x, y``. The model passed in is never 
 - :func:`full_hessian`, :func:`hessian_eigenvalues`: exact dense Hessian (P up to a few
   thousand) and its spectrum from a symmetric solver.
 - :func:`hvp_operator`, :func:`extreme_eigenvalues`: Hessian-vector products as a SciPy
-  ``LinearOperator`` and the k largest / smallest eigenvalues by Lanczos (``eigsh``).
+  ``LinearOperator`` and the k largest / smallest eigenvalues by Lanczos (``eigsh``), over
+  a pair of tensors or any iterable of ``(x, y)`` batches (``metrics/batches.py``).
+- Trace and spectral density: ``metrics/trace.py`` (Hutchinson), ``metrics/density.py`` (SLQ).
 - :func:`minimal_ratio`: fractions of positive, negative and near-zero eigenvalues.
 
 The model is evaluated in its current mode (``train()``/``eval()``): put it in ``eval()``
@@ -23,9 +25,9 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import LinearOperator, eigsh
+from scipy.sparse.linalg import LinearOperator
 from torch import nn
-from torch.func import functional_call, jacrev, jvp, vjp, vmap
+from torch.func import functional_call, jacrev, jvp, vmap
 
 from dlscope.errors import UserError
 
@@ -128,53 +130,42 @@ def hessian_eigenvalues(model: nn.Module, loss_fn: LossFn, x, y) -> np.ndarray:
     return torch.linalg.eigvalsh(full_hessian(model, loss_fn, x, y)).cpu().numpy()
 
 
-def hvp_operator(model: nn.Module, loss_fn: LossFn, x, y, dtype=torch.float64,
+def _data(x, y):
+    return x if y is None else (x, y)
+
+
+def hvp_operator(model: nn.Module, loss_fn: LossFn, x, y=None, dtype=torch.float64,
                  batch_size: int | None = None) -> LinearOperator:
-    """The full-batch Hessian as a symmetric ``LinearOperator`` (``v ↦ H v``).
+    """The full-data Hessian as a symmetric ``LinearOperator`` (``v ↦ H v``).
 
-    Double backprop in ``torch.func`` form: ``vjp`` of the gradient function, whose pullback
-    is ``v ↦ vᵀH = Hv``. Without ``batch_size`` the forward and first backward pass are done
-    once and every product reuses them (measured ~2-3x faster than ``jvp(grad)`` per product
-    on a ReLU MLP). With ``batch_size``, each product recomputes the chunks one after the
-    other and sums the chunk HVPs with weights ``len(chunk)/n``: equal to the full-batch HVP
-    when ``loss_fn`` is a mean over the batch (the convention here), memory bounded by a chunk.
+    ``hvp_operator(model, loss_fn, x, y)`` or ``hvp_operator(model, loss_fn, data)`` with
+    ``data`` a pair of tensors or an iterable of ``(x, y)`` batches (a DataLoader), see
+    ``metrics/batches.py``. Double backprop in ``torch.func`` form (``metrics/operators.py``):
+    ``vjp`` of the gradient function, whose pullback is ``v ↦ vᵀH = Hv``. With one batch in
+    memory and no ``batch_size`` the forward and first backward pass are done once and every
+    product reuses them (measured ~2-3x faster than ``jvp(grad)`` per product on a ReLU
+    MLP). Otherwise each product passes over the chunks (or batches) and sums the chunk HVPs
+    with weights ``len(chunk)/n``: equal to the full-data HVP when ``loss_fn`` is a mean over
+    the batch (the convention here), memory bounded by a chunk. The products run on the
+    model's device.
     """
-    f, theta, x, y = flat_loss(model, loss_fn, x, y, dtype)
-    n, p = x.shape[0], theta.numel()
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise UserError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-    g = _grad(f)
-    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    from dlscope.metrics.operators import HessianOperator
 
-    def pullback(xb, yb):
-        return vjp(lambda t: g(t, xb, yb), theta)[1]
-
-    if batch_size is None or batch_size >= n:
-        cached = pullback(x, y)
-
-        def hv(v):
-            return cached(v)[0]
-    else:
-        chunks = [(x[i : i + batch_size], y[i : i + batch_size], min(batch_size, n - i) / n)
-                  for i in range(0, n, batch_size)]
-
-        def hv(v):
-            out = torch.zeros_like(theta)
-            for xb, yb, w in chunks:
-                out += w * pullback(xb, yb)(v)[0]
-            return out
-
-    def matvec(v):
-        v = torch.as_tensor(np.asarray(v, dtype=np_dtype).reshape(-1), device=theta.device)
-        return hv(v).cpu().numpy()
-
-    return LinearOperator((p, p), matvec=matvec, rmatvec=matvec, dtype=np_dtype)
+    return HessianOperator(model, loss_fn, _data(x, y), dtype, batch_size).linear_operator()
 
 
-def extreme_eigenvalues(model: nn.Module, loss_fn: LossFn, x, y, k: int = 10,
+def extreme_eigenvalues(model: nn.Module, loss_fn: LossFn, x, y=None, k: int = 10,
                         dtype=torch.float64, tol: float = 1e-8,
-                        batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                        batch_size: int | None = None, which: str = "both",
+                        return_vectors: bool = False):
     """``(top, bottom)``: the k largest and k smallest Hessian eigenvalues, each ascending.
+
+    ``data`` as for :func:`hvp_operator` (``x, y`` or one ``data`` argument). ``which``:
+    ``"both"``, ``"top"`` or ``"bottom"`` (the part not asked for is ``None``; the bottom
+    costs many more products than the top on a trained net). With ``return_vectors=True``
+    the result is an :class:`~dlscope.metrics.spectrum.EigenResult` instead, holding the
+    unit eigenvectors (columns, flat-parameter order), the residuals ``‖Hv − λv‖`` (one
+    extra HVP per pair), the HVPs used and the wall time.
 
     Lanczos (``scipy.sparse.linalg.eigsh``, Krylov dimension ``max(2k+1, 40)``) on
     :func:`hvp_operator`. The top ones come from ``which='LA'``. For the bottom ones we run
@@ -188,29 +179,15 @@ def extreme_eigenvalues(model: nn.Module, loss_fn: LossFn, x, y, k: int = 10,
     ``2k+1 ≥ P`` the dense spectrum is used instead. Install ``threadpoolctl`` (or set
     ``OPENBLAS_NUM_THREADS=1``): SciPy's BLAS threads otherwise slow torch's HVPs 2-3x.
     """
+    from dlscope.metrics.spectrum import eigenpairs
+
     if not isinstance(k, int) or k < 1:
         raise UserError(f"k must be a positive integer, got {k!r}")
-    op = hvp_operator(model, loss_fn, x, y, dtype=dtype, batch_size=batch_size)
-    p = op.shape[0]
-    if 2 * k + 1 >= p:
-        ev = hessian_eigenvalues(model, loss_fn, x, y)
-        return ev[-k:].copy(), ev[:k].copy()
-    tol = max(float(tol), 100 * float(torch.finfo(dtype).eps))
-    v0 = np.random.default_rng(0).standard_normal(p).astype(op.dtype)
-    opts = {"k": k, "which": "LA", "tol": tol, "v0": v0, "ncv": min(p, max(2 * k + 1, 40)),
-            "return_eigenvectors": False}
-    # one BLAS thread in eigsh: no fight with torch. Imported here, not at the top: importing
-    # threadpoolctl sets KMP_DUPLICATE_LIB_OK, and importing dlscope must change no environment
-    from threadpoolctl import threadpool_limits
-
-    limit = threadpool_limits(1, user_api="blas")
-    with limit:
-        top = np.sort(eigsh(op, **opts)).astype(np.float64)
-        s = float(top[-1])
-        shifted = LinearOperator((p, p), matvec=lambda v: s * np.ravel(v) - op.matvec(v),
-                                 dtype=op.dtype)
-        bottom = np.sort(s - eigsh(shifted, **opts).astype(np.float64))
-    return top, bottom
+    if which not in ("both", "top", "bottom"):
+        raise UserError(f"which must be 'both', 'top' or 'bottom', got {which!r}")
+    res = eigenpairs(model, loss_fn, _data(x, y), k=k, dtype=dtype, tol=tol,
+                     batch_size=batch_size, which=which, vectors=return_vectors)
+    return res if return_vectors else (res.top, res.bottom)
 
 
 def minimal_ratio(eigenvalues, rel_tol: float = 1e-6) -> dict:
