@@ -2,7 +2,8 @@
 
 - `local`: in this process, one task after another.
 - `process`: a pool of worker processes (spawned, one torch thread each) so that two
-  workers use two cores without oversubscription.
+  workers use two cores without oversubscription. Workers die with the main process (a
+  parent-death signal plus a watchdog thread) and never re-import the caller's `__main__`.
 - `ray`: one Ray task per run (see dlscope.execution.ray_executor; optional extra).
 
 Each backend yields `(task, results)` as tasks finish, or `(task, exception)` for a task
@@ -12,7 +13,13 @@ that failed; the caller stores finished runs at once, so an interrupted sweep ke
 from __future__ import annotations
 
 import multiprocessing as mp
+import multiprocessing.context  # mp.context.SpawnContext
+import multiprocessing.spawn as mp_spawn
 import os
+import signal
+import sys
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Iterator, Protocol
 
@@ -20,6 +27,9 @@ import torch
 
 from dlscope.errors import UserError
 from dlscope.execution.runspec import RunResult, RunSpec, execute
+
+MAX_WORKERS_PER_CPU = 4  # more worker processes than this only thrash
+MAX_THREADS_PER_CPU = 4  # more torch threads per run than this only thrash
 
 Task = list[RunSpec]
 Outcome = tuple[Task, "list[RunResult] | BaseException"]
@@ -48,22 +58,97 @@ class LocalExecutor:
                 yield task, exc
 
 
-def _init_worker(threads: int) -> None:
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Make this worker die when the process that started it dies (kill -9 included).
+
+    Linux: the kernel sends SIGKILL on the parent's death (prctl PR_SET_PDEATHSIG). Everywhere:
+    a daemon thread checks once a second that the parent is still this process's parent."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - no libc prctl
+            pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="dlscope-parent-watchdog", daemon=True).start()
+
+
+def _init_worker(threads: int, parent_pid: int | None = None) -> None:
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
+
+
+_PREP_LOCK = threading.Lock()
+
+
+def _preparation_without_main(name):
+    """What a spawned child is told to prepare, minus re-importing the caller's `__main__`:
+    runs name their function by an importable module, so the workers never need it, and a
+    `__main__` that cannot be re-imported (a script fed to `python -`, `python -c`, a script
+    without a main guard) would otherwise break every worker."""
+    data = _ORIGINAL_PREPARATION(name)
+    data.pop("init_main_from_path", None)
+    data.pop("init_main_from_name", None)
+    return data
+
+
+_ORIGINAL_PREPARATION = mp_spawn.get_preparation_data
+
+
+class _WorkerProcess(mp.context.SpawnProcess):
+    @staticmethod
+    def _Popen(process_obj):
+        with _PREP_LOCK:
+            mp_spawn.get_preparation_data = _preparation_without_main
+            try:
+                return mp.context.SpawnProcess._Popen(process_obj)
+            finally:
+                mp_spawn.get_preparation_data = _ORIGINAL_PREPARATION
+
+
+class _WorkerContext(mp.context.SpawnContext):
+    """The spawn start method with workers that do not re-import `__main__`."""
+    Process = _WorkerProcess
+
+
+def check_workers(workers: int | None, executor: str = "process") -> None:
+    if workers is None:
+        return
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UserError(f"--workers must be a whole number >= 1, got {workers!r}")
+    cap = MAX_WORKERS_PER_CPU * (os.cpu_count() or 1)
+    if executor == "process" and workers > cap:
+        raise UserError(f"--workers {workers}: more than {cap} "
+                        f"({MAX_WORKERS_PER_CPU} per CPU) worker processes on this machine")
 
 
 class ProcessExecutor:
     name = "process"
 
     def __init__(self, workers: int | None = None):
+        check_workers(workers)
         self.workers = workers or max(1, os.cpu_count() or 1)
 
     def map(self, tasks: list[Task]) -> Iterator[Outcome]:
         threads = tasks[0][0].threads if tasks else 1
         pool = ProcessPoolExecutor(max_workers=min(self.workers, max(1, len(tasks))),
-                                   mp_context=mp.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(threads,))
+                                   mp_context=_WorkerContext(),
+                                   initializer=_init_worker, initargs=(threads, os.getpid()))
         try:
             futures = {pool.submit(execute, task): task for task in tasks}
             pending = set(futures)
@@ -84,6 +169,7 @@ def choose(name: str, n_tasks: int) -> str:
 
 
 def get_executor(name: str, workers: int | None = None, **options) -> Executor:
+    check_workers(workers, name)
     if name == "local":
         return LocalExecutor(workers)
     if name == "process":
@@ -98,7 +184,11 @@ def get_executor(name: str, workers: int | None = None, **options) -> Executor:
 def worker_threads(executor: str, threads: int | None) -> int:
     """Torch threads per run: 1 in a pool (one per core), all cores when running locally."""
     if threads is not None:
-        if threads < 1:
-            raise UserError(f"--threads must be >= 1, got {threads}")
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise UserError(f"--threads must be a whole number >= 1, got {threads!r}")
+        cap = MAX_THREADS_PER_CPU * (os.cpu_count() or 1)
+        if threads > cap:
+            raise UserError(f"--threads {threads}: more than {cap} ({MAX_THREADS_PER_CPU} per "
+                            "CPU) threads per run on this machine")
         return threads
     return 1 if executor in ("process", "ray") else max(1, torch.get_num_threads())

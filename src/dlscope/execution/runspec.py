@@ -2,8 +2,9 @@
 
 A RunSpec names a function by import path plus JSON-able parameters, so any executor (in
 process, a process pool, Ray) can run it. Its hash covers everything that changes its
-numbers: the function, the parameters (config, seed), the device, the torch thread count
-and the engine version. Specs that share a `group` may be trained together as an ensemble
+numbers: the function, the parameters (config, seed), the device, the torch thread count,
+the engine version and the identity of the data loaded from outside (MNIST-kind data: its
+content fingerprint and, for other data, its source; dlscope.data.fingerprint). Specs that share a `group` may be trained together as an ensemble
 by the experiment's `run_many` (same shape, differing only in seed/init/lr).
 """
 
@@ -20,6 +21,12 @@ import numpy as np
 import torch
 
 from dlscope.train.engine import ENGINE_VERSION
+
+
+def _data_identity(params: dict) -> dict | None:
+    from dlscope.data.fingerprint import run_data_identity
+
+    return run_data_identity(params)
 
 
 def canonical_json(obj: Any) -> str:
@@ -40,6 +47,9 @@ class RunSpec:
     def hash(self) -> str:
         ident = {"fn": self.fn, "params": self.params, "device": self.device,
                  "threads": self.threads, "engine": ENGINE_VERSION}
+        data = _data_identity(self.params)  # which data: content fingerprint plus source
+        if data is not None:
+            ident["data"] = data
         return hashlib.sha256(canonical_json(ident).encode()).hexdigest()[:16]
 
     def to_json(self) -> dict:
