@@ -32,7 +32,7 @@ class ConfigProblem(UserError):
     """A value the generic checks of ExperimentConfig refuse (key and reason)."""
 
     def __init__(self, key: str, msg: str):
-        super().__init__(f"{key}: {msg}")
+        super().__init__(f"{key}: {msg}" if key else msg)
 
 
 def _kinds(annotation) -> tuple[set, object | None]:
@@ -117,10 +117,15 @@ class ExperimentConfig(BaseModel):
             if key.endswith("epochs") and any(v > MAX_EPOCHS for v in ints):
                 raise ConfigProblem(key, f"{max(ints)} epochs is more than the limit "
                                          f"{MAX_EPOCHS:,}")
+            sizes = {}
             if key in ("n_train", "function_points") and ints:
-                limits.check_params(key, {"data": 4 * 2 * max(ints)})
+                sizes = {"data": 4 * 2 * max(ints)}  # x and y, float32 [N, 1]
             if key == "param_budget" and ints:
-                limits.check_params(key, {"parameters": 4 * 4 * max(ints)})
+                sizes = {"parameters": 4 * 4 * max(ints)}  # weights, grads, 2 Adam moments
+            try:
+                limits.check_params(key, sizes)
+            except UserError as err:
+                raise ConfigProblem("", str(err)) from None
         return self
 
 

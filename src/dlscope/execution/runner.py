@@ -77,12 +77,12 @@ def _all_failed(name: str, failures: list[dict], errors: list[BaseException]) ->
 
 def _make_folder(root: Path) -> list[Path]:
     """mkdir -p root as one line of UserError when impossible; the folders it created."""
-    created = []
-    p = root
-    while not p.exists() and p != p.parent:
-        created.append(p)
-        p = p.parent
+    created: list[Path] = []
     try:
+        p = root
+        while not p.exists() and p != p.parent:
+            created.append(p)
+            p = p.parent
         root.mkdir(parents=True, exist_ok=True)
         probe = root / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
