@@ -419,6 +419,15 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
+def _has_torch(pid: int) -> bool:
+    """A pool worker past its initializer (which ties it to its parent, then loads torch)."""
+    try:
+        return ("multiprocessing" in Path(f"/proc/{pid}/cmdline").read_text()
+                and "libtorch" in Path(f"/proc/{pid}/maps").read_text())
+    except OSError:
+        return False
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -439,10 +448,9 @@ def test_workers_die_with_the_main_process(tmp_path, sig):
     try:
         t0 = time.time()
         workers: list[int] = []
-        while len(workers) < 2:  # two pool workers (the resource tracker is a child too)
-            assert proc.poll() is None and time.time() - t0 < 120, "pool never started"
-            workers = [k for k in _children(proc.pid)
-                       if "multiprocessing" in Path(f"/proc/{k}/cmdline").read_text()]
+        while len(workers) < 2:  # two pool workers running (the resource tracker is a child too)
+            assert proc.poll() is None and time.time() - t0 < 240, "pool never started"
+            workers = [k for k in _children(proc.pid) if _has_torch(k)]
             time.sleep(0.2)
         everyone = _children(proc.pid)
         os.kill(proc.pid, sig)

@@ -12,14 +12,7 @@ that failed; the caller stores finished runs at once, so an interrupted sweep ke
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import multiprocessing.context  # mp.context.SpawnContext
-import multiprocessing.spawn as mp_spawn
 import os
-import signal
-import sys
-import threading
-import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Iterator, Protocol
 
@@ -27,6 +20,8 @@ import torch
 
 from dlscope.errors import UserError
 from dlscope.execution.runspec import RunResult, RunSpec, execute
+from dlscope.execution.worker_init import WorkerContext as _WorkerContext
+from dlscope.execution.worker_init import init_worker
 
 MAX_WORKERS_PER_CPU = 4  # more worker processes than this only thrash
 MAX_THREADS_PER_CPU = 4  # more torch threads per run than this only thrash
@@ -58,72 +53,8 @@ class LocalExecutor:
                 yield task, exc
 
 
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Make this worker die when the process that started it dies (kill -9 included).
-
-    Linux: the kernel sends SIGKILL on the parent's death (prctl PR_SET_PDEATHSIG). Everywhere:
-    a daemon thread checks once a second that the parent is still this process's parent."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):  # pragma: no cover - no libc prctl
-            pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
-
-    def watch() -> None:
-        while True:
-            time.sleep(1.0)
-            if os.getppid() != parent_pid:
-                os._exit(1)
-
-    threading.Thread(target=watch, name="dlscope-parent-watchdog", daemon=True).start()
-
-
 def _init_worker(threads: int, parent_pid: int | None = None) -> None:
-    if parent_pid is not None:
-        _die_with_parent(parent_pid)
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    torch.set_num_threads(threads)
-
-
-_PREP_LOCK = threading.Lock()
-
-
-def _preparation_without_main(name):
-    """What a spawned child is told to prepare, minus re-importing the caller's `__main__`:
-    runs name their function by an importable module, so the workers never need it, and a
-    `__main__` that cannot be re-imported (a script fed to `python -`, `python -c`, a script
-    without a main guard) would otherwise break every worker."""
-    data = _ORIGINAL_PREPARATION(name)
-    data.pop("init_main_from_path", None)
-    data.pop("init_main_from_name", None)
-    return data
-
-
-_ORIGINAL_PREPARATION = mp_spawn.get_preparation_data
-
-
-class _WorkerProcess(mp.context.SpawnProcess):
-    @staticmethod
-    def _Popen(process_obj):
-        with _PREP_LOCK:
-            mp_spawn.get_preparation_data = _preparation_without_main
-            try:
-                return mp.context.SpawnProcess._Popen(process_obj)
-            finally:
-                mp_spawn.get_preparation_data = _ORIGINAL_PREPARATION
-
-
-class _WorkerContext(mp.context.SpawnContext):
-    """The spawn start method with workers that do not re-import `__main__`."""
-    Process = _WorkerProcess
+    init_worker(threads, parent_pid)  # kept for callers of the old name
 
 
 def check_workers(workers: int | None, executor: str = "process") -> None:
@@ -148,7 +79,7 @@ class ProcessExecutor:
         threads = tasks[0][0].threads if tasks else 1
         pool = ProcessPoolExecutor(max_workers=min(self.workers, max(1, len(tasks))),
                                    mp_context=_WorkerContext(),
-                                   initializer=_init_worker, initargs=(threads, os.getpid()))
+                                   initializer=init_worker, initargs=(threads, os.getpid()))
         try:
             futures = {pool.submit(execute, task): task for task in tasks}
             pending = set(futures)

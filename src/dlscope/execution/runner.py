@@ -195,7 +195,10 @@ def run_experiment(name: str, *, profile: str = "assignment", config_file=None, 
                         log(f"{name}: run {s.key} failed: {_one_line(outcome)}")
                 else:
                     for s, r in zip(task, outcome):
-                        store.save(s, r, replace=force)
+                        if force:  # replace the finished run; else a concurrent copy wins
+                            store.save(s, r, replace=True)
+                        else:
+                            store.save(s, r)
                         results[s.hash] = r
                 bar.update(len(task))
     if not results:
