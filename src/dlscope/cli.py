@@ -1,13 +1,17 @@
 """The `dlscope` command: list, show, run, report, data, bench.
 
 Bad input (unknown key, wrong type, impossible value, corrupt data file) prints one line
-naming what is wrong and exits with code 2, before anything is written.
+naming what is wrong and exits with code 2, before anything is written. A fault (every run
+failed, a bug) prints one line and exits with code 1; `--traceback` or DLSCOPE_DEBUG=1 shows
+the full trace.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import List, Optional
 
@@ -30,7 +34,10 @@ def _version(value: bool):
 
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit.")):
+                                       help="Print the version and exit."),
+          traceback: bool = typer.Option(False, "--traceback",
+                                         help="On an error, print the full trace (for bug "
+                                              "reports; or set DLSCOPE_DEBUG=1).")):
     pass
 
 
@@ -203,17 +210,30 @@ def _run_help_table(argv: list[str]) -> str | None:
             f"\n\n{configdoc.text_table(experiments.get(argv[1]))}")
 
 
+def _debug(argv: list[str]) -> bool:
+    """--traceback (before the command) or DLSCOPE_DEBUG=1: show full traces."""
+    flag = os.environ.get("DLSCOPE_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+    return flag or "--traceback" in argv
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:1000] or "(no message)"
+
+
 def main() -> None:
     from dlscope.execution.process_env import configure_openmp
 
     configure_openmp()  # this process is ours: before any command loads torch (see there)
+    debug = _debug(sys.argv[1:])
     try:
         table = _run_help_table(sys.argv[1:])
         code = app(standalone_mode=False)
         if table is not None:
             typer.echo(table)
     except UserError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        if debug:
+            traceback.print_exc()
+        typer.echo(f"error: {_one_line(exc)}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         _interrupted()
@@ -227,7 +247,17 @@ def main() -> None:
             sys.exit(2)
         if isinstance(exc, click.exceptions.Abort):  # click's form of Ctrl-C
             _interrupted()
-        raise
+        if debug:
+            raise
+        from dlscope.execution.runner import RunsFailed
+
+        if isinstance(exc, RunsFailed):
+            typer.echo(f"error: {_one_line(exc)}", err=True)
+        else:  # a fault (a bug, a broken machine): one line, the trace on request
+            typer.echo(f"error: {type(exc).__name__}: {_one_line(exc)} (this is a fault, not "
+                       "bad input; rerun with --traceback or DLSCOPE_DEBUG=1 for the full trace)",
+                       err=True)
+        sys.exit(1)
     if code == 130:  # typer's way of reporting Ctrl-C without standalone mode
         _interrupted()
     if isinstance(code, int) and code:

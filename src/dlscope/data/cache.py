@@ -24,6 +24,7 @@ import numpy as np
 from dlscope.errors import UserError
 
 NPZ_NAME = "mnist.npz"
+MAX_CACHE_BYTES = 128 * 2**20  # the MNIST npz is ~55 MB; never read an unbounded file
 SHA_NAME = "mnist.npz.sha256"
 _KEYS = ("x_train", "y_train", "x_test", "y_test")
 _SHAPES = {
@@ -43,18 +44,33 @@ class MnistArrays:
     x_test: np.ndarray
     y_test: np.ndarray
     source: str
+    sha256: str = ""  # content fingerprint (dlscope.data.fingerprint.arrays_sha256)
+
+    @property
+    def verified(self) -> bool:
+        """Whether the content is the official MNIST (fingerprint equals the constant)."""
+        from dlscope.data.fingerprint import is_mnist
+
+        return is_mnist(self.sha256)
 
 
-def validate_arrays(arrays: dict[str, np.ndarray], where: str) -> None:
-    """Raise UserError (naming ``where``) unless the four arrays look like MNIST."""
+def validate_arrays(arrays: dict[str, np.ndarray], where: str, exact: bool = False) -> None:
+    """Raise UserError (naming ``where``) unless the four arrays are MNIST-format data:
+    uint8 images ``[N, 28, 28]`` and as many uint8 labels in 0..9 (``exact``: MNIST's sizes).
+    Whether the content is MNIST is the fingerprint's business (dlscope.data.fingerprint)."""
     for key in _KEYS:
         if key not in arrays:
             raise UserError(f"{where}: missing array {key!r}")
         arr = arrays[key]
-        if arr.dtype != np.uint8 or arr.shape != _SHAPES[key]:
-            raise UserError(
-                f"{where}: {key} is {arr.dtype} {arr.shape}, expected uint8 {_SHAPES[key]}"
-            )
+        shape = _SHAPES[key]
+        ok = arr.dtype == np.uint8 and arr.ndim == len(shape) and arr.shape[1:] == shape[1:]
+        if not ok or (exact and arr.shape != shape) or arr.shape[0] < 1:
+            want = shape if exact else ("N",) + shape[1:]
+            raise UserError(f"{where}: {key} is {arr.dtype} {arr.shape}, expected uint8 {want}")
+    for x, y in (("x_train", "y_train"), ("x_test", "y_test")):
+        if arrays[x].shape[0] != arrays[y].shape[0]:
+            raise UserError(f"{where}: {y} has {arrays[y].shape[0]} labels but {x} has "
+                            f"{arrays[x].shape[0]} images")
     for key in ("y_train", "y_test"):
         if arrays[key].max() > 9:
             raise UserError(f"{where}: {key} has label {arrays[key].max()}, expected 0..9")
@@ -120,8 +136,12 @@ def _check_file(cache_dir: Path) -> tuple[bytes | None, str]:
     if not npz.is_file():
         return None, "missing"
     try:
+        size = npz.stat().st_size
+        if size > MAX_CACHE_BYTES:
+            return None, f"{size} bytes, larger than any MNIST cache ({MAX_CACHE_BYTES} at most)"
         data = npz.read_bytes()
-        expected = sha.read_text(encoding="ascii").split()[0] if sha.is_file() else None
+        expected = (sha.read_bytes()[:256].decode("ascii").split()[0] if sha.is_file()
+                    else None)
     except (OSError, UnicodeDecodeError, IndexError) as e:
         return None, f"unreadable ({e})"
     if expected is None:
@@ -142,12 +162,19 @@ def read_cache(cache_dir: Path, log: Callable[[str], None]) -> MnistArrays | Non
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             arrays = {key: z[key] for key in z.files}
-        validate_arrays(arrays, str(npz))
+        validate_arrays(arrays, str(npz), exact=True)
         source = _source(arrays)
     except (UserError, ValueError, OSError, KeyError, zipfile.BadZipFile, EOFError) as e:
         log(f"warning: MNIST cache {npz} is unusable: {e}; rebuilding it")
         return None
-    return MnistArrays(*(arrays[key] for key in _KEYS), source=source)
+    from dlscope.data.fingerprint import arrays_sha256, is_mnist
+
+    digest = arrays_sha256(arrays)
+    if not is_mnist(digest):  # the .sha256 beside it proves only that both were written together
+        log(f"warning: MNIST cache {npz} is unusable: its content (sha256 {digest[:12]}) is not "
+            "MNIST (tampered or corrupt, even though its checksum file matches); rebuilding it")
+        return None
+    return MnistArrays(*(arrays[key] for key in _KEYS), source=source, sha256=digest)
 
 
 def data_info(cache_dir: str | os.PathLike | None = None) -> dict:
@@ -164,8 +191,8 @@ def data_info(cache_dir: str | os.PathLike | None = None) -> dict:
                 entry["source"] = _source(z)
                 entry["n_train"] = int(z["y_train"].shape[0])
                 entry["n_test"] = int(z["y_test"].shape[0])
-        except (ValueError, OSError, KeyError, zipfile.BadZipFile) as e:
-            entry["checksum"] = f"ok, but unreadable ({e})"
+        except Exception as e:  # noqa: BLE001 - any damage: a zero-byte or garbage npz is reported, not raised
+            entry["checksum"] = f"ok, but unreadable ({type(e).__name__}: {e})"
     return {
         "cache_dir": str(folder),
         "cache_dir_from": "argument"

@@ -7,6 +7,7 @@ uint32 sizes, then the data in big-endian C order. A ``.gz`` suffix means gzip.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -35,45 +36,82 @@ IDX_NAMES = {
 }
 
 
-def _read_bytes(path: Path) -> bytes:
+MAX_IDX_BYTES = 2 * 2**30  # MNIST's largest file is 47 MB; a header asking for more is refused
+
+
+def _open(path: Path):
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+
+
+def _read_exact(f, n: int) -> bytes:
+    """At most ``n`` bytes (a gzip stream is decompressed only that far: bomb-safe)."""
+    chunks, left = [], n
+    while left > 0:
+        chunk = f.read(min(left, 1 << 24))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_idx(path: str | os.PathLike, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
+    """Read an IDX file (gzip if the name ends in ``.gz``) into a native-endian array.
+
+    Bounded: the header's size is checked against ``max_bytes`` and (plain files) the file
+    size before the data is read; a gzip file is decompressed no further than the header says.
+    """
+    path = Path(path)
     try:
-        if path.name.endswith(".gz"):
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
+        with _open(path) as f:
+            head = _read_exact(f, 4)
+            if len(head) < 4:
+                raise UserError(f"{path} is not an IDX file: only {len(head)} bytes")
+            zero, code, ndim = struct.unpack(">HBB", head)
+            if zero != 0 or code not in _CODES:
+                raise UserError(
+                    f"{path} is not an IDX file: bad magic number 0x{head.hex()} "
+                    f"(expected 0x0000 then a dtype code in {sorted(hex(c) for c in _CODES)})"
+                )
+            if ndim == 0:
+                raise UserError(f"{path} is not a valid IDX file: zero dimensions")
+            header = 4 + 4 * ndim
+            dims = _read_exact(f, 4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise UserError(f"{path} is truncated: header needs {header} bytes, file has "
+                                f"{4 + len(dims)}")
+            shape = struct.unpack(f">{ndim}I", dims)
+            dtype = _CODES[code]
+            n_data = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+            expected = header + n_data
+            if expected > max_bytes:
+                raise UserError(
+                    f"{path}: its header says shape {shape} of {dtype.name} ({expected:,} "
+                    f"bytes), more than the limit of {max_bytes:,} bytes; not an MNIST-format file"
+                )
+            if not path.name.endswith(".gz"):
+                size = path.stat().st_size
+                if size != expected:
+                    what = "truncated" if size < expected else "longer than its header says"
+                    raise UserError(
+                        f"{path} is {what}: shape {shape} of {dtype.name} needs {expected} "
+                        f"bytes, file has {size}"
+                    )
+            body = _read_exact(f, n_data + 1)  # one byte more tells a longer file
     except FileNotFoundError:
         raise UserError(f"IDX file not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"IDX file {path} is a folder") from None
     except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
         raise UserError(f"cannot read IDX file {path}: corrupt or truncated ({e})") from None
-
-
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file (gzip if the name ends in ``.gz``) into a native-endian array."""
-    path = Path(path)
-    data = _read_bytes(path)
-    if len(data) < 4:
-        raise UserError(f"{path} is not an IDX file: only {len(data)} bytes")
-    zero, code, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or code not in _CODES:
-        raise UserError(
-            f"{path} is not an IDX file: bad magic number 0x{data[:4].hex()} "
-            f"(expected 0x0000 then a dtype code in {sorted(hex(c) for c in _CODES)})"
-        )
-    if ndim == 0:
-        raise UserError(f"{path} is not a valid IDX file: zero dimensions")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise UserError(f"{path} is truncated: header needs {header} bytes, file has {len(data)}")
-    shape = struct.unpack(f">{ndim}I", data[4:header])
-    dtype = _CODES[code]
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(data) != expected:
-        what = "truncated" if len(data) < expected else "longer than its header says"
+    if len(body) != n_data:
+        what = "truncated" if len(body) < n_data else "longer than its header says"
+        got = f"{header + len(body)}" if len(body) < n_data else f"more than {expected}"
         raise UserError(
             f"{path} is {what}: shape {shape} of {dtype.name} needs {expected} bytes, "
-            f"file has {len(data)}"
+            f"file has {got}"
         )
-    arr = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    arr = np.frombuffer(body, dtype=dtype).reshape(shape)
     return arr.astype(dtype.newbyteorder("="), copy=True)
 
 

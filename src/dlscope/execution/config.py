@@ -8,11 +8,13 @@ TOML file, then `--set` overrides. Anything wrong becomes one UserError line nam
 from __future__ import annotations
 
 import copy
+import math
 import sys
+import typing
 from pathlib import Path
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from dlscope.errors import UserError
 
@@ -22,9 +24,109 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+MAX_EPOCHS = 1_000_000  # any field named *epochs: more is a typo, not an experiment
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; never read an unbounded one
+
+
+class ConfigProblem(UserError):
+    """A value the generic checks of ExperimentConfig refuse (key and reason)."""
+
+    def __init__(self, key: str, msg: str):
+        super().__init__(f"{key}: {msg}" if key else msg)
+
+
+def _kinds(annotation) -> tuple[set, object | None]:
+    """(scalar types an annotation admits, the element annotation if it is a list)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _kinds(typing.get_args(annotation)[0])
+    if origin in (list, tuple, set, frozenset):
+        args = typing.get_args(annotation)
+        return set(), (args[0] if args else None)
+    if origin is not None:  # Union, Optional, Literal
+        kinds: set = set()
+        elem = None
+        for arg in typing.get_args(annotation):
+            k, e = _kinds(arg)
+            kinds |= k
+            elem = elem or e
+        if origin is typing.Literal:
+            kinds |= {type(a) for a in typing.get_args(annotation)}
+        return kinds, elem
+    return ({annotation} if isinstance(annotation, type) else set()), None
+
+
+def _strict_scalar(key: str, value, kinds: set) -> None:
+    if isinstance(value, bool):
+        if bool not in kinds and (int in kinds or float in kinds):
+            raise ConfigProblem(key, f"expected a number, got the boolean {str(value).lower()}")
+    elif isinstance(value, float) and int in kinds and float not in kinds:
+        raise ConfigProblem(key, f"expected an integer, got {value!r}")
+
+
 class ExperimentConfig(BaseModel):
-    """Base of every experiment config: unknown keys are errors, values are validated."""
+    """Base of every experiment config: unknown keys are errors, values are validated.
+
+    Generic checks for every experiment (no silent coercions, no meaningless values):
+    booleans are not numbers and floats are not integers; numbers are finite; lists are not
+    empty and hold no duplicates; seeds are >= 0; `*epochs` at most MAX_EPOCHS; sizes whose
+    memory follows from one field (`n_train`, `function_points`, `param_budget`) fit in the
+    machine's memory (dlscope.execution.limits)."""
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_coercion(cls, data):
+        if not isinstance(data, dict):
+            return data
+        for key, value in data.items():
+            field = cls.model_fields.get(key)
+            if field is None:
+                continue
+            kinds, elem = _kinds(field.annotation)
+            if isinstance(value, list) and elem is not None:
+                ekinds, _ = _kinds(elem)
+                for v in value:
+                    _strict_scalar(key, v, ekinds)
+            else:
+                _strict_scalar(key, value, kinds)
+        return data
+
+    @model_validator(mode="after")
+    def _meaningful(self):
+        from dlscope.execution import limits
+
+        for key in type(self).model_fields:
+            value = getattr(self, key)
+            items = value if isinstance(value, (list, tuple)) else [value]
+            for v in items:
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise ConfigProblem(key, f"must be a finite number, got {v}")
+            if isinstance(value, (list, tuple)):
+                if not value:
+                    raise ConfigProblem(key, "must not be empty")
+                seen = []
+                for v in value:
+                    if v in seen:
+                        raise ConfigProblem(key, f"{v!r} appears more than once (duplicates "
+                                                 "would collapse or run twice)")
+                    seen.append(v)
+            ints = [v for v in items if isinstance(v, int) and not isinstance(v, bool)]
+            if (key == "seed" or key.endswith("_seed")) and any(v < 0 for v in ints):
+                raise ConfigProblem(key, f"must be >= 0, got {min(ints)}")
+            if key.endswith("epochs") and any(v > MAX_EPOCHS for v in ints):
+                raise ConfigProblem(key, f"{max(ints)} epochs is more than the limit "
+                                         f"{MAX_EPOCHS:,}")
+            sizes = {}
+            if key in ("n_train", "function_points") and ints:
+                sizes = {"data": 4 * 2 * max(ints)}  # x and y, float32 [N, 1]
+            if key == "param_budget" and ints:
+                sizes = {"parameters": 4 * 4 * max(ints)}  # weights, grads, 2 Adam moments
+            try:
+                limits.check_params(key, sizes)
+            except UserError as err:
+                raise ConfigProblem("", str(err)) from None
+        return self
 
 
 def parse_value(text: str):
@@ -74,13 +176,7 @@ def resolve(experiment, profile: str = "assignment", config_file: str | Path | N
         raise UserError(f"unknown profile {profile!r} (one of: {', '.join(profiles)})")
     data = copy.deepcopy(profiles[profile])
     if config_file is not None:
-        path = Path(config_file)
-        try:
-            data = _merge(data, tomllib.loads(path.read_text()))
-        except OSError as exc:
-            raise UserError(f"config file {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise UserError(f"config file {path}: not valid TOML ({exc})") from None
+        data = _merge(data, read_config_file(config_file))
     for item in sets:
         keys, value = parse_set(item)
         patch: dict = {keys[-1]: value}
@@ -91,8 +187,33 @@ def resolve(experiment, profile: str = "assignment", config_file: str | Path | N
         data = _merge(data, overrides)
     try:
         return experiment.Config.model_validate(data)
+    except ConfigProblem as err:
+        raise UserError(f"{experiment.NAME}: {err}") from None
     except ValidationError as err:
         raise UserError(format_validation_error(experiment.NAME, experiment.Config, err)) from None
+
+
+def read_config_file(config_file: str | Path) -> dict:
+    """A TOML config file as a dict; a bounded read (never more than MAX_CONFIG_BYTES)."""
+    path = Path(config_file)
+    try:
+        if path.is_dir():
+            raise UserError(f"config file {path}: is a folder")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise UserError(f"config file {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise UserError(f"config file {path}: larger than {MAX_CONFIG_BYTES} bytes; "
+                        "not a config file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"config file {path}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"config file {path}: not valid TOML ({exc})") from None
 
 
 def to_toml(config: BaseModel) -> str:

@@ -2,8 +2,8 @@
 workers. Importing dlscope sets none of them, so a notebook's process stays as its user left it.
 
 Called from `dlscope.cli.main` (before any command imports torch) and as the initializer of
-the process executor's workers (`init_worker`) and of each Ray task. This module imports
-nothing heavy at import time: a spawned worker unpickles `init_worker` before torch loads,
+the process executor's workers (`worker_init.init_worker`) and of each Ray task. This module imports
+nothing heavy at import time: a spawned worker runs its initializer before torch loads,
 which is what lets the OpenMP setting below take effect there.
 """
 
@@ -27,10 +27,3 @@ def configure_openmp(threads: int | None = None) -> None:
     if threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(threads)
 
-
-def init_worker(threads: int) -> None:
-    """Initializer of a process-pool worker: OpenMP settings first, then torch's thread count."""
-    configure_openmp(threads)
-    import torch
-
-    torch.set_num_threads(threads)

@@ -59,11 +59,18 @@ def load(path) -> ExperimentResult | dict[str, ExperimentResult]:
         if not found:
             raise UserError(f"{path}: no finished experiment here (no summary.json)")
         return found
-    summary = json.loads((path / "summary.json").read_text())
-    exp = _experiment(summary, path)
-    cfg = configs.from_toml(exp, (path / "config.toml").read_text())
-    tables = {p.stem: pd.read_csv(p) for p in sorted(path.glob("*.csv"))}
-    figures = exp.figures(cfg, tables)
+    try:
+        summary = json.loads((path / "summary.json").read_text())
+        exp = _experiment(summary, path)
+        cfg = configs.from_toml(exp, (path / "config.toml").read_text())
+        tables = {p.stem: pd.read_csv(p) for p in sorted(path.glob("*.csv"))}
+        figures = exp.figures(cfg, tables)
+    except UserError as exc:
+        raise UserError(f"{path}: not a readable results folder ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - garbage files: one line naming the folder, not a raw traceback
+        what = " ".join(str(exc).split())[:300]
+        raise UserError(f"{path}: not a readable results folder ({type(exc).__name__}: "
+                        f"{what})") from None
     return ExperimentResult(name=summary["experiment"], path=path, config=cfg, tables=tables,
                             figures=figures, observations=summary.get("observations", []),
                             summary=summary)

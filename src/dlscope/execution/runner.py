@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -20,7 +21,9 @@ import numpy as np
 import torch
 
 from dlscope import __version__, experiments
+from dlscope.errors import UserError
 from dlscope.execution import config as configs
+from dlscope.execution import limits
 from dlscope.train.engine import ENGINE_VERSION, resolve_device
 from dlscope.execution.executor import Task, choose, get_executor, worker_threads
 from dlscope.execution.result import ExperimentResult
@@ -42,6 +45,86 @@ def _tasks(specs: list[RunSpec], workers: int) -> list[Task]:
         k = min(n_chunks, len(members))
         tasks += [members[i::k] for i in range(k)]
     return tasks
+
+
+class RunsFailed(RuntimeError):
+    """Every run of an experiment failed for a reason other than bad input (a fault)."""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or "(no message)"
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def _all_failed(name: str, failures: list[dict], errors: list[BaseException]) -> None:
+    """Raise one line naming the failed runs and why (UserError when all were bad input)."""
+    by_error: dict[str, list[str]] = defaultdict(list)
+    for f in failures:
+        by_error[f["error"]].append(f["run"])
+    parts = []
+    for err, runs in list(by_error.items())[:3]:
+        shown = ", ".join(runs[:4]) + (f" and {len(runs) - 4} more" if len(runs) > 4 else "")
+        parts.append(f"{shown}: {err}")
+    if len(by_error) > 3:
+        parts.append(f"{len(by_error) - 3} other errors")
+    msg = (f"{name}: all {len(failures)} runs failed, no tables written ("
+           + "; ".join(parts) + ")")
+    if errors and all(isinstance(e, UserError) for e in errors):
+        raise UserError(msg)
+    raise RunsFailed(msg)
+
+
+def _make_folder(root: Path) -> list[Path]:
+    """mkdir -p root as one line of UserError when impossible; the folders it created."""
+    created: list[Path] = []
+    try:
+        p = root
+        while not p.exists() and p != p.parent:
+            created.append(p)
+            p = p.parent
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        _remove_created(created)
+        reason = exc.strerror or str(exc)
+        raise UserError(f"--out {root.parent}: cannot write results there ({reason})") from None
+    return created
+
+
+def _remove_created(created: list[Path]) -> None:
+    """Remove the folders this command created, if they are still empty (or hold only an
+    empty runs/): a command whose runs all failed leaves nothing behind."""
+    for d in created:
+        for sub in ("runs", "quarantine"):
+            try:
+                (d / sub).rmdir()
+            except OSError:
+                pass
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+
+
+def _device(device: str):
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+        raise UserError(f"--device {device!r}: not a device (one of: auto, cpu, cuda, cuda:N, "
+                        "mps)")
+    try:
+        return resolve_device(device)
+    except RuntimeError as exc:
+        raise UserError(f"--device {device!r}: {' '.join(str(exc).split())[:200]}") from None
+
+
+def _data_used(specs: list[RunSpec], log) -> list[dict]:
+    """The outside data the runs train on (loaded and fingerprinted once, logged once)."""
+    from dlscope.data.fingerprint import mnist_identity, uses_mnist
+
+    if not any(uses_mnist(s.params) for s in specs):
+        return []
+    return [mnist_identity(log=log)]
 
 
 def _git_commit() -> str | None:
@@ -70,7 +153,7 @@ def run_experiment(name: str, *, profile: str = "assignment", config_file=None, 
     t0 = time.perf_counter()
     exp = experiments.get(name)
     cfg = configs.resolve(exp, profile, config_file, sets, overrides)
-    dev = resolve_device(device)
+    dev = _device(device)
     specs = exp.runs(cfg)
     for fn in dict.fromkeys(s.fn for s in specs):
         resolve_run(fn)  # each names an existing run function: UserError before any output
@@ -78,11 +161,12 @@ def run_experiment(name: str, *, profile: str = "assignment", config_file=None, 
     n_threads = worker_threads(executor, threads)
     ex = get_executor(executor, workers, **(executor_options or {}))
     specs = [dataclasses.replace(s, device=str(dev), threads=n_threads) for s in specs]
+    limits.check_specs(specs)  # sizes estimated before anything is allocated or written
+    data = _data_used(specs, log)  # loads and fingerprints outside data (part of each hash)
 
-    store = Store(Path(out) / name)
-    store.root.mkdir(parents=True, exist_ok=True)
+    store = Store(Path(out) / name, log=log)
+    created = _make_folder(store.root)
     store.clean_temp()
-    atomic_write_text(store.root / "config.toml", configs.to_toml(cfg))
     results: dict[str, RunResult] = {}
     missing: list[RunSpec] = []
     for s in specs:
@@ -96,6 +180,7 @@ def run_experiment(name: str, *, profile: str = "assignment", config_file=None, 
         f"on {dev} with {ex.name} executor" + (f", {ex.workers} workers" if ex.workers > 1 else ""))
 
     failures: list[dict] = []
+    errors: list[BaseException] = []
     if missing:
         from tqdm.auto import tqdm
 
@@ -104,15 +189,23 @@ def run_experiment(name: str, *, profile: str = "assignment", config_file=None, 
                   leave=False) as bar:
             for task, outcome in ex.map(_tasks(missing, ex.workers)):
                 if isinstance(outcome, BaseException):
+                    errors.append(outcome)
                     for s in task:
                         failures.append({"run": s.key, "hash": s.hash,
-                                         "error": f"{type(outcome).__name__}: {outcome}"})
-                        log(f"{name}: run {s.key} failed: {type(outcome).__name__}: {outcome}")
+                                         "error": _one_line(outcome)})
+                        log(f"{name}: run {s.key} failed: {_one_line(outcome)}")
                 else:
                     for s, r in zip(task, outcome):
-                        store.save(s, r)
+                        if force:  # replace the finished run; else a concurrent copy wins
+                            store.save(s, r, replace=True)
+                        else:
+                            store.save(s, r)
                         results[s.hash] = r
                 bar.update(len(task))
+    if not results:
+        _remove_created(created)
+        _all_failed(name, failures, errors)
+    atomic_write_text(store.root / "config.toml", configs.to_toml(cfg))
 
     ordered = [(s, results[s.hash]) for s in specs if s.hash in results]
     tables = exp.analyze(cfg, ordered)
@@ -124,6 +217,7 @@ def run_experiment(name: str, *, profile: str = "assignment", config_file=None, 
     observations = exp.observations(cfg, tables)
     wall = time.perf_counter() - t0
     env = environment(dev, n_threads, ex.name, ex.workers)
+    env["data"] = data  # what was trained on: verified MNIST or other data (never confused)
     env["wall_s"] = round(wall, 3)
     write_json(store.root / "env.json", env)
     flagged = [{"run": s.key, "status": r.status} for s, r in ordered if r.status != "ok"
@@ -133,6 +227,7 @@ def run_experiment(name: str, *, profile: str = "assignment", config_file=None, 
                "question": exp.QUESTION, "profile": profile, "wall_s": round(wall, 3),
                "runs": len(specs), "reused": reused, "computed": len(results) - reused,
                "failed": failures, "flagged": flagged, "observations": observations,
+               "data": data,
                "headline": exp.headline(cfg, tables) if hasattr(exp, "headline") else {},
                # per-setting medians and 95% intervals over seeds (experiments.stats)
                "statistics": exp.statistics(cfg, tables) if hasattr(exp, "statistics") else {},

@@ -6,7 +6,8 @@ the contract's `run_one(params, ctx)` and optional `run_many(params_list, ctx)`,
 docs/CONTRACT.md) or, the older form the built-in experiments still use, one function
 (`fn="mypkg.myexp:train_one"`, with an optional `train_one_many`). Its hash covers everything
 that changes its numbers: `fn`, the parameters (config, seed), the device, the torch thread
-count and the engine version. Specs that share a `group` may be trained together as an
+count, the engine version and the identity of the data loaded from outside (MNIST-kind
+data: its content fingerprint and, for other data, its source; dlscope.data.fingerprint). Specs that share a `group` may be trained together as an
 ensemble by the batched variant (same shape, differing only in seed/init/lr).
 """
 
@@ -27,6 +28,12 @@ from dlscope.errors import UserError
 from dlscope.train.engine import ENGINE_VERSION
 
 
+def _data_identity(params: dict) -> dict | None:
+    from dlscope.data.fingerprint import run_data_identity
+
+    return run_data_identity(params)
+
+
 def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
@@ -45,6 +52,9 @@ class RunSpec:
     def hash(self) -> str:
         ident = {"fn": self.fn, "params": self.params, "device": self.device,
                  "threads": self.threads, "engine": ENGINE_VERSION}
+        data = _data_identity(self.params)  # which data: content fingerprint plus source
+        if data is not None:
+            ident["data"] = data
         return hashlib.sha256(canonical_json(ident).encode()).hexdigest()[:16]
 
     def to_json(self) -> dict:

@@ -2,21 +2,27 @@
 
     OUT/<experiment>/config.toml     fully resolved config
     OUT/<experiment>/env.json        versions, threads, device, git commit, wall time
-    OUT/<experiment>/runs/<hash>/    one finished run: spec.json, result.json, arrays.npz
+    OUT/<experiment>/runs/<hash>/    one finished run: spec.json, result.json, arrays.npz,
+                                     checksums.json (sha256 of the others, verified on reuse)
+    OUT/<experiment>/quarantine/     damaged run folders moved aside (then recomputed)
     OUT/<experiment>/*.csv           tidy tables
     OUT/<experiment>/figures/*.png
     OUT/<experiment>/summary.json    headline numbers and observations, written last
 
 A run folder is written under a temporary name and renamed into place, so a folder named
 by a hash is always complete: a crash or Ctrl-C loses at most the runs still in flight.
+Two processes saving the same run at once: the first rename wins, the other copy is dropped.
 Every other file is written to a temporary file and moved over the old one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -50,6 +56,10 @@ def write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default, allow_nan=True))
 
 
+class _Damaged(Exception):
+    """A run folder that must not be reused (the message says why)."""
+
+
 def _json_default(o):
     if isinstance(o, (np.integer,)):
         return int(o)
@@ -62,33 +72,109 @@ def _json_default(o):
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
-class Store:
-    """One experiment's results folder."""
+CHECKSUMS = "checksums.json"  # sha256 of each file of a run, written at save time
+MAX_RUN_FILE_BYTES = 4 * 2**30  # a run file larger than this is not one we wrote
 
-    def __init__(self, root: Path):
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class Store:
+    """One experiment's results folder.
+
+    Every run folder holds `checksums.json` (sha256 of its other files). `load` verifies it
+    before a run is reused; a run that is unreadable or does not match is moved to
+    `quarantine/`, reported in one line through `log`, and recomputed by the caller."""
+
+    def __init__(self, root: Path, log=None):
         self.root = Path(root)
         self.runs = self.root / "runs"
+        self.quarantine_dir = self.root / "quarantine"
+        self.log = log or (lambda msg: None)
 
     def run_dir(self, spec: RunSpec) -> Path:
         return self.runs / spec.hash
 
     def load(self, spec: RunSpec) -> RunResult | None:
-        """The finished run for this spec, or None (missing or unreadable: recompute it)."""
+        """The finished, verified run for this spec, or None (missing, or damaged and
+        quarantined: recompute it)."""
         d = self.run_dir(spec)
+        if not d.exists():
+            return None
         try:
-            values = json.loads((d / "result.json").read_text())
-            arrays: dict[str, np.ndarray] = {}
-            if (d / "arrays.npz").exists():
-                with np.load(d / "arrays.npz", allow_pickle=False) as z:
-                    arrays = {k: z[k] for k in z.files}
-            return RunResult(values=values, arrays=arrays)
-        except (OSError, ValueError):
+            return self._read_verified(d)
+        except Exception as exc:  # noqa: BLE001 - any damage at all: do not reuse, recompute
+            self._quarantine(d, spec, f"{type(exc).__name__}: {exc}" if not isinstance(
+                exc, _Damaged) else str(exc))
             return None
 
-    def save(self, spec: RunSpec, result: RunResult) -> None:
+    def _read_verified(self, d: Path) -> RunResult:
+        if not d.is_dir():
+            raise _Damaged("not a folder")
+        sums_path = d / CHECKSUMS
+        if not sums_path.is_file():
+            raise _Damaged(f"no {CHECKSUMS} (unfinished, or written by an older dlscope)")
+        if sums_path.stat().st_size > 1 << 20:
+            raise _Damaged(f"{CHECKSUMS} is implausibly large")
+        sums = json.loads(sums_path.read_text())
+        if not isinstance(sums, dict) or "result.json" not in sums:
+            raise _Damaged(f"{CHECKSUMS} does not list result.json")
+        present = {p.name for p in d.iterdir()} - {CHECKSUMS}
+        if present != set(sums):
+            missing, extra = set(sums) - present, present - set(sums)
+            raise _Damaged("files " + (f"missing: {sorted(missing)}" if missing else
+                                       f"not written by dlscope: {sorted(extra)}"))
+        for name, digest in sums.items():
+            f = d / name
+            if f.stat().st_size > MAX_RUN_FILE_BYTES:
+                raise _Damaged(f"{name} is implausibly large")
+            if _sha256_file(f) != digest:
+                raise _Damaged(f"{name} does not match its checksum (edited or corrupt)")
+        values = json.loads((d / "result.json").read_text())
+        if not isinstance(values, dict):
+            raise _Damaged(f"result.json holds {type(values).__name__}, not an object")
+        arrays: dict[str, np.ndarray] = {}
+        if "arrays.npz" in sums:
+            with np.load(d / "arrays.npz", allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        return RunResult(values=values, arrays=arrays)
+
+    def _quarantine(self, d: Path, spec: RunSpec, why: str) -> None:
+        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        dest = self.quarantine_dir / f"{d.name}-{stamp}-{uuid.uuid4().hex[:6]}"
+        try:
+            os.rename(d, dest)
+            where = f"moved to {dest}"
+        except FileNotFoundError:  # another process moved or replaced it meanwhile
+            return
+        except OSError as exc:
+            where = f"could not move it aside ({exc.strerror}); it will be replaced"
+        self.log(f"{spec.experiment}: run {spec.key} ({d.name}) is damaged ({why}); {where}; "
+                 "recomputing it")
+
+    def save(self, spec: RunSpec, result: RunResult, replace: bool = False) -> None:
+        """Write the run under a temporary name, then rename it into place. If another
+        process saved the same run meanwhile, its copy stands and this one is discarded
+        (unless `replace`: `--force` recomputes and replaces finished runs)."""
         self.runs.mkdir(parents=True, exist_ok=True)
         final = self.run_dir(spec)
-        tmp = self.runs / f".tmp-{spec.hash}-{uuid.uuid4().hex[:8]}"
+        tmp = self.runs / f".tmp-{spec.hash}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
             (tmp / "spec.json").write_text(json.dumps(spec.to_json(), indent=2, default=str))
@@ -96,17 +182,42 @@ class Store:
                 json.dumps(result.values, indent=2, default=_json_default))
             if result.arrays:
                 np.savez(tmp / "arrays.npz", **result.arrays)
-            if final.exists():
-                shutil.rmtree(final)
-            os.rename(tmp, final)
+            sums = {p.name: _sha256_file(p) for p in sorted(tmp.iterdir())}
+            (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=2))
+            for p in tmp.iterdir():
+                with open(p, "rb") as f:
+                    os.fsync(f.fileno())
+            if final.exists() and (replace or not final.is_dir()
+                                   or not (final / CHECKSUMS).is_file()):
+                old = self.runs / f".old-{spec.hash}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                try:
+                    os.rename(final, old)
+                    shutil.rmtree(old, ignore_errors=True)
+                except FileNotFoundError:
+                    pass
+            try:
+                os.rename(tmp, final)
+            except OSError:  # lost a race: the same run was saved by another process
+                if not final.exists():
+                    raise
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
-    def clean_temp(self) -> None:
-        """Remove half-written run folders left by a killed process."""
-        if self.runs.exists():
-            for d in self.runs.glob(".tmp-*"):
+    def clean_temp(self, max_age_s: float = 24 * 3600) -> None:
+        """Remove half-written run folders left by a killed process (never the folder of a
+        save in progress in another live process)."""
+        if not self.runs.exists():
+            return
+        now = time.time()
+        for d in list(self.runs.glob(".tmp-*")) + list(self.runs.glob(".old-*")):
+            parts = d.name.split("-")
+            pid = int(parts[3]) if len(parts) == 5 and parts[3].isdigit() else None
+            try:
+                old = now - d.stat().st_mtime > max_age_s
+            except OSError:
+                continue
+            if pid is None or not _pid_alive(pid) or old:
                 shutil.rmtree(d, ignore_errors=True)
 
     def write_table(self, name: str, df) -> None:
