@@ -1,23 +1,31 @@
 """minimal-ratio (HW1 1-2, what happens when the gradient is almost zero): at the critical
-points a small network reaches, how many directions of the full Hessian curve upward, and
-how does that relate to the loss?
+points a small network reaches, how many directions of the full Hessian curve up or down,
+and how does that relate to the loss?
 
-Setup: 100 independent runs (fresh init and seed each) of a small tanh MLP (1-12-12-1,
-193 parameters) on sin(5πx)/(5πx) over [-1, 1]. Each run trains on the MSE with full-batch
-Adam (the training budget cycles through `train_epochs`, so the runs end at different
-losses), then switches the objective to the gradient norm: Levenberg-Marquardt steps on
-∇L(θ) = 0 with the exact float64 Hessian (`metrics.critical.minimize_grad_norm`) until
-‖∇L‖ < `grad_threshold`. At that point the exact full Hessian of the full-batch loss (all
-parameters, cross-layer terms included) is diagonalised with `eigvalsh`, and
-minimal ratio = #(λ > tol) / #params with tol = rel_tol · max|λ|; the negative and near-zero
-fractions are reported too. Runs that never reach the threshold are kept, flagged and
-drawn apart, never mixed in.
+Setting (chosen by measurement, docs/methods-minimal-ratio.md): a teacher-student regression
+that cannot be interpolated. Inputs x ~ N(0, I₄) (500 points, fixed); targets from a 4-3-1
+tanh teacher (rows of W orthogonal, norm 2; output weights +1, −1, +1) plus Gaussian label
+noise σ = 0.05, so every critical point has loss > 0 (the global minimum ≈ σ²) and 500
+points ≫ 19 parameters. The student is the same 4-3-1 tanh MLP. Each of 100 runs (fresh
+init and seed) trains on the MSE with full-batch Adam for a number of epochs cycled through
+`train_epochs` (the *phase-2 start*: early checkpoints sit on plateaus near saddles, late
+ones near the minimum), then switches the objective to ‖∇L‖²: Newton / Levenberg-Marquardt
+steps on ∇L(θ) = 0 with a line search on ‖∇L‖² (`metrics.critical.minimize_grad_norm`;
+no step is ever chosen because it lowers L) until ‖∇L‖ < `grad_threshold`. Why not a 1-D
+target: tanh nets on sinc(5x) or on a 1-D tanh teacher stall in ill-conditioned valleys
+(3 to 4 of 12 runs reached ‖∇L‖ < 1e-8), and nets that can interpolate end at loss ≈ 0.
 
-Expected (Dauphin et al. 2014): lower loss, fewer negative directions, ratio toward 1 (a
-negative Spearman correlation between loss and minimal ratio). Public peer result: ratio
-0.11–0.84 with loss 5e-4 to 0.09.
+At the point reached, the exact float64 Hessian of the full-batch loss (all parameters,
+cross-layer terms) is diagonalised (`eigvalsh`) and read with tol = c·eps·P·max|λ|
+(`metrics.critical.classify_spectrum`, c = `tol_c`): minimal ratio = #(λ > tol)/P, index =
+#(λ < −tol)/P, near-zero fraction, and the kind (minimum, saddle, degenerate). The
+`tolerances` table repeats this for c = 1 … 1e8. Runs that miss the threshold are kept,
+drawn apart and left out of the statistics; runs whose loss changed by more than a factor
+`loss_change_flag` during phase 2 are flagged ("moved").
 
-Wall time on a 2-core CPU: quick ~20 s; assignment (100 runs) ~3 min with two workers.
+Expected (Dauphin et al. 2014, arXiv:1406.2572, Fig. 1): critical points at higher loss have
+a larger index; the lowest are minima (Spearman ρ(loss, index) > 0, ρ(loss, ratio) < 0).
+Public peer result: ratio 0.11–0.84 with loss 5e-4 to 0.09.
 """
 
 from __future__ import annotations
@@ -26,35 +34,46 @@ import time
 
 import numpy as np
 import pandas as pd
+import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from dlscope import models, plotting
+from dlscope import models
 from dlscope.execution.config import ExperimentConfig
-from dlscope.train.engine import TrainConfig, seeded_model, train
 from dlscope.execution.runspec import RunResult, RunSpec
+from dlscope.experiments import minimal_ratio_report as report
+from dlscope.train.engine import TrainConfig, seeded_model, train
 
 NAME = "minimal-ratio"
 SECTION = "1-2"
-TITLE = "When the gradient is almost zero: minimal ratio vs loss"
+TITLE = "When the gradient is almost zero: minimal ratio and index vs loss"
 QUESTION = ("At critical points (‖∇L‖ ≈ 0) reached from 100 fresh initialisations, what "
-            "fraction of the full Hessian's eigenvalues is positive, and how does it relate "
-            "to the loss?")
+            "fraction of the full Hessian's eigenvalues is positive (and negative), and how "
+            "does it relate to the loss?")
+TOL_TABLE = [1.0, 1e2, 1e4, 1e6, 1e8]  # values of c in the tolerance table
 
 
 class Config(ExperimentConfig):
     runs: int = Field(100, ge=2, description="independent trainings (fresh init each)")
-    model: str = Field("mlp:1-12-12-1:tanh", description="a small net: a few hundred params")
-    function: str = Field("sinc", description="target function (registry name or expr:...)")
-    n_train: int = Field(200, ge=8, description="evenly spaced training points")
-    train_epochs: list[int] = Field([300, 1000, 3000], min_length=1,
-                                    description="full-batch Adam steps, cycled over runs")
+    model: str = Field("mlp:4-3-1:tanh", description="the student: a small MLP (≤ 3,000 params)")
+    target: str = Field("teacher", description="'teacher' (tanh teacher + noise, inputs "
+                        "N(0, I)) or a 1-D function spec (then model must be mlp:1-...-1)")
+    teacher_width: int = Field(3, ge=1, description="hidden units of the teacher (≤ input dim)")
+    n_train: int = Field(500, ge=8, description="training points")
+    label_noise: float = Field(0.05, ge=0, description="std of Gaussian noise on the targets")
+    train_epochs: list[int] = Field([10, 30, 100, 300, 1000], min_length=1,
+                                    description="full-batch Adam epochs before phase 2, "
+                                    "cycled over runs (the phase-2 start)")
     lr: float = Field(1e-2, gt=0, description="Adam learning rate of the loss phase")
-    grad_threshold: float = Field(1e-5, gt=0, description="stop when ‖∇L‖ is below this")
-    max_steps: int = Field(500, ge=1, description="gradient-norm phase step budget")
+    grad_threshold: float = Field(1e-8, gt=0, description="phase 2 stops when ‖∇L‖ < this")
+    max_steps: int = Field(80, ge=1, description="phase-2 iteration budget (Newton steps)")
+    time_limit: float = Field(60.0, gt=0, description="phase-2 wall-clock cap per run (s); "
+                              "a safety net: the step budget decides, whatever the load")
     method: str = Field("newton", description="newton | lbfgs | adam (metrics.critical)")
-    rel_tol: float = Field(1e-6, gt=0, description="|λ| ≤ rel_tol·max|λ| counts as zero")
-    seed: int = 0
+    tol_c: float = Field(100.0, ge=0, description="c in tol = c·eps·P·max|λ|")
+    loss_change_flag: float = Field(2.0, gt=1, description="flag a run whose loss changed by "
+                                    "more than this factor during phase 2")
+    seed: int = Field(0, ge=0, description="seeds the data (teacher, noise) and the inits")
 
     @field_validator("model")
     @classmethod
@@ -65,8 +84,8 @@ class Config(ExperimentConfig):
             spec = models.parse_model(value)
         except UserError as exc:
             raise ValueError(str(exc)) from None
-        if not isinstance(spec, models.MLPSpec) or spec.input_dim != 1 or spec.output_dim != 1:
-            raise ValueError("needs a 1-D regression MLP (mlp:1-...-1)")
+        if not isinstance(spec, models.MLPSpec) or spec.output_dim != 1:
+            raise ValueError("needs a regression MLP with one output (mlp:d-...-1)")
         if models.count_params(spec) > 3000:
             raise ValueError("the exact Hessian needs a small net (at most 3,000 parameters)")
         return value
@@ -78,139 +97,151 @@ class Config(ExperimentConfig):
             raise ValueError(f"unknown method {value!r} (newton, lbfgs, adam)")
         return value
 
+    @model_validator(mode="after")
+    def _target_fits_model(self):
+        d = models.parse_model(self.model).input_dim
+        if self.target == "teacher":
+            if self.teacher_width > d:
+                raise ValueError(f"teacher_width {self.teacher_width} exceeds the input "
+                                 f"dimension {d} (orthogonal teacher rows)")
+        elif d != 1:
+            raise ValueError(f"a function target needs a 1-D input model, not {self.model}")
+        else:
+            from dlscope.data.functions import resolve
 
-PROFILES = {"quick": {"runs": 12, "n_train": 100, "train_epochs": [150, 500, 1500]}}
+            resolve(self.target)  # UserError for an unknown function
+        return self
+
+
+PROFILES = {"quick": {"runs": 10, "n_train": 200, "train_epochs": [10, 1000],
+                      "max_steps": 30}}
 
 
 def runs(cfg: Config) -> list[RunSpec]:
     out = []
     for i in range(cfg.runs):
         epochs = cfg.train_epochs[i % len(cfg.train_epochs)]
-        params = {"run": i, "seed": cfg.seed * 100003 + i, "model": cfg.model,
-                  "function": cfg.function, "n_train": cfg.n_train,
+        params = {"run": i, "seed": cfg.seed * 100003 + i, "data_seed": cfg.seed,
+                  "model": cfg.model, "target": cfg.target, "teacher_width": cfg.teacher_width,
+                  "n_train": cfg.n_train, "label_noise": cfg.label_noise,
                   "train": TrainConfig(lr=cfg.lr, epochs=epochs, eval_test=False).model_dump(),
                   "grad_threshold": cfg.grad_threshold, "max_steps": cfg.max_steps,
-                  "method": cfg.method, "rel_tol": cfg.rel_tol}
+                  "time_limit": cfg.time_limit, "method": cfg.method, "tol_c": cfg.tol_c,
+                  "loss_change_flag": cfg.loss_change_flag}
         out.append(RunSpec(NAME, f"run{i:03d}", f"{__name__}:critical_point", params))
     return out
 
 
-def critical_point(p: dict, ctx) -> RunResult:
-    from dlscope.metrics.critical import minimize_grad_norm
-    from dlscope.metrics.hessian import hessian_eigenvalues, minimal_ratio
+def teacher_data(d: int, width: int, n: int, noise: float, seed: int):
+    """float64 ``(x, y)``: x ~ N(0, I_d); y = tanh(x Wᵀ)·a + noise·N(0, 1), W with orthogonal
+    rows of norm 2, a = (+1, −1, +1, …); all drawn from a generator seeded with ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    q = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))[0]
+    w = 2 * q[:width]
+    a = torch.tensor([(-1.0) ** i for i in range(width)], dtype=torch.float64)
+    y = (torch.tanh(x @ w.T) @ a)[:, None]
+    return x, y + noise * torch.randn(n, 1, generator=g, dtype=torch.float64)
 
-    t0 = time.perf_counter()
-    ds = ctx.dataset({"kind": "function", "spec": p["function"], "n_train": p["n_train"],
+
+def _data(p: dict, ctx):
+    from dlscope.data.dataset import Dataset
+
+    if p["target"] == "teacher":
+        d = models.parse_model(p["model"]).input_dim
+        x, y = teacher_data(d, p["teacher_width"], p["n_train"], p["label_noise"], p["data_seed"])
+        ds = Dataset(x.float(), y.float(), x[:8].float(), y[:8].float(), name="teacher",
+                     n_classes=None, source="tanh teacher + Gaussian noise")
+        return ds.to(ctx.device), x.to(ctx.device), y.to(ctx.device)
+    ds = ctx.dataset({"kind": "function", "spec": p["target"], "n_train": p["n_train"],
                       "n_test": 16, "seed": 0})
+    x, y = ds.x_train.double(), ds.y_train.double()
+    if p["label_noise"] > 0:
+        g = torch.Generator().manual_seed(p["data_seed"])
+        y = y + p["label_noise"] * torch.randn(y.shape, generator=g, dtype=torch.float64).to(y)
+        ds = Dataset(ds.x_train, y.float(), ds.x_test, ds.y_test, ds.name, None, ds.source)
+    return ds, x, y
+
+
+_WARM = []
+
+
+def _warm_up():
+    """torch.func's first Hessian in a process costs seconds: pay it outside the time limit."""
+    if not _WARM:
+        from dlscope.metrics.hessian import hessian_eigenvalues
+
+        one = torch.ones(2, 1, dtype=torch.float64)
+        hessian_eigenvalues(torch.nn.Linear(1, 1).double(), F.mse_loss, one, one)
+        _WARM.append(True)
+
+
+def critical_point(p: dict, ctx) -> RunResult:
+    from dlscope.metrics.critical import classify_spectrum, minimize_grad_norm
+    from dlscope.metrics.hessian import hessian_eigenvalues
+
+    _warm_up()
+    t0 = time.perf_counter()
+    ds, x, y = _data(p, ctx)
     spec = models.parse_model(p["model"])
     model = seeded_model(lambda: models.build(spec), p["seed"]).to(ctx.device)
     trained = train(model, ds, TrainConfig(**p["train"]), seed=p["seed"])
     model = model.double()
-    x, y = ds.x_train.double(), ds.y_train.double()
+    theta_norm = float(torch.cat([q.detach().ravel() for q in model.parameters()]).norm())
     crit = minimize_grad_norm(model, F.mse_loss, x, y, threshold=p["grad_threshold"],
-                              max_steps=p["max_steps"], method=p["method"])
+                              max_steps=p["max_steps"], method=p["method"],
+                              time_limit=p["time_limit"])
     eig = hessian_eigenvalues(model, F.mse_loss, x, y)
-    ratio = minimal_ratio(eig, rel_tol=p["rel_tol"])
-    status = "diverged" if trained.status == "diverged" else (
-        "ok" if crit["reached"] else "missed")
+    cls = classify_spectrum(eig, p["tol_c"])
+    factor = max(crit["loss"] / crit["loss_start"], crit["loss_start"] / crit["loss"]) \
+        if crit["loss"] > 0 and crit["loss_start"] > 0 else float("inf")
+    status = ("diverged" if trained.status == "diverged" else "missed" if not crit["reached"]
+              else "moved" if factor > p["loss_change_flag"] else "ok")
     return RunResult(
-        values={"status": status, "run": p["run"], "loss": float(crit["loss"]),
+        values={"status": status, "run": p["run"], "start_epochs": p["train"]["epochs"],
+                "loss_start": crit["loss_start"], "loss": float(crit["loss"]),
+                "loss_factor": factor, "grad_norm_start": crit["grad_norm_start"],
                 "grad_norm": float(crit["grad_norm"]), "reached": bool(crit["reached"]),
-                "n_params": int(eig.size), "loss_before": trained.final("train_loss"),
-                "train_epochs": p["train"]["epochs"], "steps": int(crit["steps"]),
-                **{k: float(ratio[k]) for k in ("minimal_ratio", "frac_negative", "frac_zero",
-                                                "lambda_min", "lambda_max")},
+                "stalled": bool(crit["stalled"]), "distance": crit["distance"],
+                "theta_norm_start": theta_norm, "steps": int(crit["steps"]),
+                "phase2_s": crit["seconds"], "n_params": int(eig.size),
+                **{k: cls[k] for k in ("minimal_ratio", "index", "frac_zero", "kind", "tol")},
+                "lambda_min": float(eig.min()), "lambda_max": float(eig.max()),
                 "wall_s": time.perf_counter() - t0},
         arrays={"eigenvalues": eig.astype(np.float64)})
 
 
-COLUMNS = ["run", "loss", "grad_norm", "reached", "n_params", "minimal_ratio", "frac_negative",
-           "frac_zero", "lambda_min", "lambda_max", "loss_before", "train_epochs", "steps",
-           "status"]
+COLUMNS = ["run", "start_epochs", "loss", "grad_norm", "reached", "n_params", "minimal_ratio",
+           "index", "frac_zero", "kind", "tol", "lambda_min", "lambda_max", "loss_start",
+           "loss_factor", "grad_norm_start", "distance", "theta_norm_start", "stalled", "steps",
+           "phase2_s", "wall_s", "status"]
 
 
 def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
+    from dlscope.metrics.critical import classify_spectrum
+
     rows = [{k: r.values.get(k) for k in COLUMNS} for _, r in results]
-    spectra = [pd.DataFrame({"run": r.values["run"], "index": np.arange(len(ev)),
-                             "eigenvalue": ev})
-               for _, r in results for ev in [r.arrays["eigenvalues"]]]
+    spectra, tols = [], []
+    for _, r in results:
+        ev = r.arrays["eigenvalues"]
+        spectra.append(pd.DataFrame({"run": r.values["run"], "k": np.arange(len(ev)),
+                                     "eigenvalue": ev}))
+        for c in TOL_TABLE:
+            cls = classify_spectrum(ev, c)
+            tols.append({"run": r.values["run"], "c": c, "rel_tol": cls["tol"] / np.abs(ev).max()
+                         if np.abs(ev).max() > 0 else 0.0, "reached": r.values["reached"],
+                         **{k: cls[k] for k in ("tol", "minimal_ratio", "index", "frac_zero",
+                                                "kind")}})
     return {"results": pd.DataFrame(rows, columns=COLUMNS),
             "spectra": pd.concat(spectra, ignore_index=True) if spectra else
-            pd.DataFrame(columns=["run", "index", "eigenvalue"])}
+            pd.DataFrame(columns=["run", "k", "eigenvalue"]),
+            "tolerances": pd.DataFrame(tols, columns=["run", "c", "rel_tol", "reached", "tol",
+                                                      "minimal_ratio", "index", "frac_zero",
+                                                      "kind"])}
 
 
-def _spearman(df: pd.DataFrame) -> tuple[float, float, int]:
-    from scipy.stats import spearmanr
-
-    ok = df[df.reached.astype(bool)]
-    if len(ok) < 3:
-        return float("nan"), float("nan"), len(ok)
-    rho, pval = spearmanr(ok.loss, ok.minimal_ratio)
-    return float(rho), float(pval), len(ok)
-
-
-def figures(cfg: Config, tables) -> dict:
-    df = tables["results"]
-    reached = df[df.reached.astype(bool)]
-    missed = df[~df.reached.astype(bool)]
-    fig, ax = plotting.figure(width=6.0, height=4.2)
-    sc = ax.scatter(reached.loss, reached.minimal_ratio, c=np.log10(reached.grad_norm),
-                    cmap="viridis", s=22, label=f"‖∇L‖ < {cfg.grad_threshold:g} "
-                    f"({len(reached)})")
-    if len(missed):
-        ax.scatter(missed.loss, missed.minimal_ratio, marker="x", color="tab:red", s=28,
-                   label=f"threshold missed ({len(missed)})")
-    ax.set_xscale("log")
-    ax.set_ylim(-0.02, 1.02)
-    fig.colorbar(sc, ax=ax, label="log10 ‖∇L‖")
-    rho, _, _ = _spearman(df)
-    plotting.finish(ax, f"minimal ratio vs loss ({len(df)} runs, Spearman ρ = {rho:.2f})",
-                    "training loss at the critical point (MSE, log)",
-                    "minimal ratio (fraction λ > 0)")
-    figs = {"minimal_ratio": fig}
-    spectra = tables.get("spectra")
-    if spectra is not None and len(reached):
-        fig2, ax2 = plotting.figure(width=6.0, height=3.6)
-        picks = [reached.loc[reached.loss.idxmin()], reached.loc[reached.loss.idxmax()]]
-        for row, name in zip(picks, ["lowest loss", "highest loss"]):
-            ev = np.sort(spectra[spectra.run == row.run].eigenvalue.to_numpy())
-            ax2.plot(np.arange(len(ev)), ev, label=f"{name}: run {int(row.run)}, "
-                     f"loss {row.loss:.2g}, ratio {row.minimal_ratio:.2f}")
-        ax2.set_yscale("symlog", linthresh=1e-6)
-        plotting.finish(ax2, "Hessian spectra at two critical points", "eigenvalue index",
-                        "eigenvalue (symlog)")
-        figs["spectra"] = fig2
-    return figs
-
-
-def observations(cfg: Config, tables) -> list[str]:
-    df = tables["results"]
-    ok = df[df.reached.astype(bool)]
-    out = [f"{len(ok)} of {len(df)} runs reached ‖∇L‖ < {cfg.grad_threshold:g} "
-           f"({len(df) - len(ok)} missed; shown as red crosses, excluded from statistics)."]
-    if len(ok):
-        out.append(f"Minimal ratio {ok.minimal_ratio.min():.3f}–{ok.minimal_ratio.max():.3f} "
-                   f"over losses {ok.loss.min():.2g}–{ok.loss.max():.2g} "
-                   f"({int(ok.n_params.iloc[0])} parameters); negative fraction "
-                   f"{ok.frac_negative.min():.3f}–{ok.frac_negative.max():.3f}, near-zero "
-                   f"fraction up to {ok.frac_zero.max():.3f}.")
-    rho, pval, n = _spearman(df)
-    if n >= 3:
-        if pval >= 0.05:
-            trend = "no significant trend at the 5% level"
-        elif rho < 0:
-            trend = "lower loss goes with a higher minimal ratio, as Dauphin et al. predict"
-        else:
-            trend = "lower loss goes with a LOWER minimal ratio, against Dauphin et al."
-        out.append(f"Spearman correlation between loss and minimal ratio: ρ = {rho:.2f} "
-                   f"(p = {pval:.2g}, {n} runs): {trend}.")
-    return out
-
-
-def headline(cfg: Config, tables) -> dict:
-    df = tables["results"]
-    rho, pval, n = _spearman(df)
-    ok = df[df.reached.astype(bool)]
-    return {"runs": len(df), "reached": len(ok), "spearman_rho": rho,
-            "spearman_p": pval, "ratio_min": float(ok.minimal_ratio.min()) if n else None,
-            "ratio_max": float(ok.minimal_ratio.max()) if n else None}
+figures = report.figures
+observations = report.observations
+statistics = report.statistics
+verdicts = report.verdicts
+headline = report.headline

@@ -3,28 +3,40 @@
 :func:`minimize_grad_norm` switches the objective from the loss L to the gradient norm: it
 drives ‖∇L(θ)‖ of the full-batch loss under a threshold and writes the result into the
 model (unlike everything in :mod:`dlscope.metrics.hessian`, this moves the model). Any
-critical point counts, saddles included: that is what the minimal-ratio experiment samples.
+critical point counts, saddles included: that is what the minimal-ratio experiment samples,
+so **no step is ever chosen because it lowers L**; every method minimizes ‖∇L‖² alone.
 
 Methods (all on the full batch, gradients by double backprop):
 
-- ``"newton"`` (default; P up to a few thousand, it needs the dense Hessian). Each iteration
-  takes the exact full Hessian H = QΛQᵀ (s = max|λ|) and first tries the Levenberg-Marquardt
-  step for the system ∇L(θ) = 0, whose Jacobian is H: ``d = −Q Λ/(Λ² + (μs)²) Qᵀ∇L``, the
-  Newton step ``−H⁻¹∇L`` as μ → 0, attracted to whatever critical point is near (saddles
-  included). It is kept if it at least halves ‖∇L‖ (the quadratic-convergence regime).
-  Otherwise no critical point is within reach of the local model; typically the point sits in
-  a long valley with ∇L in H's near-null space, where every ‖∇L‖-merit method (this LM step,
-  L-BFGS or Adam on ‖∇L‖²) stalls because ∇‖∇L‖² = 2H∇L ≈ 0. Then a damped saddle-free
-  Newton step on L is taken, ``d = −Q (|Λ| + μs)⁻¹ Qᵀ∇L``, with μ ×4 until L decreases and
-  /3 after each accepted step. Measured from Adam-trained tanh nets (1-4-1, 1-6-1 on sinc(5x),
-  1-5-1 on a teacher's targets; 16 runs; one core): ‖∇L‖ < 1e-4 in 15/16 and < 1e-6 in
-  9/16, median 0.6-2.3 s; L-BFGS on ‖∇L‖²: 2/16 and 0/16, ~5 s; Adam on ‖∇L‖²: 1/16 and
-  0/16 in 15 s. 1-10-10-1 (141 params, 500 points): < 1e-4 in 8/8 runs, median 5 s, where
-  L-BFGS (0/10 in 40 s) and Adam (0/6) never got there.
-  Caveat: in a valley the L steps lower the loss, sometimes by orders of magnitude, before
-  a critical point is found; compare ``loss`` with the starting loss.
+- ``"newton"`` (default; P up to a few thousand, it needs the dense Hessian). Newton's method
+  on the system ∇L(θ) = 0, whose Jacobian is the Hessian H = QΛQᵀ (s = max|λ|), in
+  Levenberg-Marquardt form with the damping tied to the residual (Yamashita & Fukushima
+  2001; Fan & Yuan 2005): ``d = −Q Λ/(Λ² + ν·s·‖∇L‖) Qᵀ∇L``. The damping vanishes as
+  ‖∇L‖ → 0, so the step becomes Newton's −H⁻¹∇L near an isolated critical point, while
+  directions with |λ| ≲ √(s‖∇L‖) stay damped: this keeps local quadratic convergence to
+  non-isolated critical points too (lines of saddles from redundant units, where H is
+  singular). The step is scaled by a backtracking line search on ‖∇L‖² (α = 1, ½, ¼, ⅛;
+  Armijo test against the predicted decrease); when no α passes, ν grows ×8 and the search
+  repeats; after an accepted step ν shrinks ÷4. ‖∇L‖ therefore never increases between
+  accepted iterates, and the method is attracted to whatever critical point is near,
+  saddles included. On a 4-3-1 tanh teacher-student net started from Adam checkpoints after
+  10-100 epochs, this damping reached ‖∇L‖ < 1e-8 in 12 of 15 runs where a damping that
+  does not shrink with ‖∇L‖ reached it in 7 of 15 (docs/methods-minimal-ratio.md).
+  Known limit: in a long valley where ∇L lies in H's near-null space, ∇‖∇L‖² = 2H∇L ≈ 0 and
+  every ‖∇L‖-merit method (this one, L-BFGS or Adam on ‖∇L‖²) stalls; such runs end
+  without reaching the threshold and are reported as missed.
 - ``"lbfgs"``: ``torch.optim.LBFGS`` with strong-Wolfe line search on ‖∇L‖² (any P).
 - ``"adam"``: ``torch.optim.Adam`` on ‖∇L‖² (any P).
+
+:func:`classify_spectrum` then reads a critical point's Hessian spectrum with a tolerance tied
+to the float64 noise floor, ``tol = c · eps · P · max|λ|`` (eps = 2.2e-16, P = the number of
+eigenvalues; Weyl's inequality bounds each eigenvalue's change by the spectral norm of the
+rounding error of H, and a backward-stable ``eigh`` adds O(eps · P · ‖H‖)): the minimal ratio
+(fraction λ > tol), the index (fraction λ < −tol), the near-zero fraction and the kind of
+point (minimum, saddle or degenerate).
+
+The result records the loss before and after and the distance moved ‖θ_end − θ_start‖, so
+a caller can flag a run that travelled far or whose loss changed a lot.
 
 Thresholds like 1e-6 need float64: convert the model with ``model.double()`` first (the
 caller's job); the computation runs in the dtype of the model's parameters.
@@ -34,14 +46,56 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 from torch import nn
 
 from dlscope.errors import UserError
 from dlscope.metrics.hessian import LossFn, flat_loss, hessian_of, unflatten_params
 
-_A_CUT = 0.5
 METHODS = {"newton": (500, 1.0), "lbfgs": (3000, 1.0), "adam": (20000, 1e-4)}  # steps, lr
+_ARMIJO = 1e-4  # fraction of the predicted decrease of ‖∇L‖² a step must achieve
+_HALVINGS = 4   # line-search steps α = 1 … 1/8 before the damping grows
+_NU_MAX = 1e12  # damping weight beyond which the Newton method gives up (a stall)
+
+
+EPS64 = float(np.finfo(np.float64).eps)
+TOL_C = 100.0  # default c of the tolerance c·eps·P·max|λ|
+
+
+def noise_floor_tol(eigenvalues, c: float = TOL_C) -> float:
+    """``c · eps · P · max|λ|``: eigenvalues with ``|λ| ≤`` this count as zero (float64 eps)."""
+    ev = np.asarray(eigenvalues, dtype=np.float64)
+    return float(c * EPS64 * ev.size * np.max(np.abs(ev))) if ev.size else 0.0
+
+
+def classify_spectrum(eigenvalues, c: float = TOL_C) -> dict:
+    """Signs of a critical point's Hessian spectrum, with ``tol = c·eps·P·max|λ|``.
+
+    Returns ``{minimal_ratio, index, frac_zero, n_pos, n_neg, n_zero, tol, kind}``:
+    ``minimal_ratio = #(λ > tol)/P`` (fraction positive), ``index = #(λ < −tol)/P`` (fraction
+    negative), ``frac_zero`` the rest. ``kind``: "saddle" if any λ < −tol (a direction of
+    descent exists), "minimum" if every λ > tol, "degenerate" if none is negative but some are
+    within the tolerance (second order cannot tell minimum from saddle).
+
+    >>> r = classify_spectrum([-2.0, 0.0, 1e-20, 3.0])
+    >>> r["kind"], r["minimal_ratio"], r["index"], r["frac_zero"]
+    ('saddle', 0.25, 0.25, 0.5)
+    """
+    ev = np.asarray(eigenvalues, dtype=np.float64).ravel()
+    if ev.size == 0:
+        raise UserError("eigenvalues must be a non-empty array")
+    if not np.all(np.isfinite(ev)):
+        raise UserError("eigenvalues contain NaN or infinity")
+    if not (np.isfinite(c) and c >= 0):
+        raise UserError(f"tolerance factor c must be a finite number >= 0, got {c!r}")
+    tol = noise_floor_tol(ev, c)
+    n_pos, n_neg = int(np.sum(ev > tol)), int(np.sum(ev < -tol))
+    n_zero = ev.size - n_pos - n_neg
+    kind = "saddle" if n_neg else ("degenerate" if n_zero else "minimum")
+    return {"minimal_ratio": n_pos / ev.size, "index": n_neg / ev.size,
+            "frac_zero": n_zero / ev.size, "n_pos": n_pos, "n_neg": n_neg, "n_zero": n_zero,
+            "tol": tol, "kind": kind}
 
 
 def _loss_and_grad(f, th, x, y, create_graph=False):
@@ -53,21 +107,32 @@ def _loss_and_grad(f, th, x, y, create_graph=False):
 
 def minimize_grad_norm(model: nn.Module, loss_fn: LossFn, x, y, threshold: float = 1e-4,
                        max_steps: int | None = None, lr: float | None = None,
-                       method: str = "newton", damping: float = 1e-3,
+                       method: str = "newton", damping: float = 1.0,
                        time_limit: float | None = None) -> dict:
     """Minimize ‖∇L‖ of the full-batch loss from the model's current parameters, in place.
 
     Stops as soon as ‖∇L‖ < ``threshold``, after ``max_steps`` iterations (Newton/L-BFGS
-    iterations or Adam steps; default 500 / 3000 / 20000) or ``time_limit`` seconds. ``lr``:
+    iterations or Adam steps; default 500 / 3000 / 20000), after ``time_limit`` seconds, or
+    when the Newton method stalls (no step lowers ‖∇L‖² even at damping weight 1e12). ``lr``:
     Adam's learning rate (default 1e-4), L-BFGS's (1.0), a scale on the Newton step (1.0).
-    ``damping``: initial μ of the Newton method, relative to max|λ(H)|. The model must be
-    float64 for thresholds below ~1e-5 (``model.double()``; the caller's job).
+    ``damping``: initial weight ν of the Newton method's damping ν·max|λ(H)|·‖∇L‖. The model
+    must be float64 for thresholds below ~1e-5 (``model.double()``; the caller's job).
 
-    The model ends at the evaluated point with the smallest gradient norm. Returns ``{grad_norm,
-    loss, reached, steps, history, method, seconds}``, where ``grad_norm`` and ``loss`` are
-    recomputed on the model as it is left, ``reached`` says whether ``grad_norm <
-    threshold`` (a failed run is reported, never raised) and ``history`` lists ``{step,
-    loss, grad_norm}`` per iteration. Put the model in ``eval()`` if it has dropout.
+    The model ends at the evaluated point with the smallest gradient norm. Returns
+    ``{grad_norm, loss, loss_start, grad_norm_start, distance, reached, stalled, steps,
+    history, method, seconds}``: ``grad_norm`` and ``loss`` are recomputed on the model as it
+    is left, ``loss_start``/``grad_norm_start`` at the starting point, ``distance`` =
+    ‖θ_end − θ_start‖ (Euclidean, all parameters), ``reached`` says whether ``grad_norm <
+    threshold`` (a failed run is reported, never raised) and ``history`` lists ``{step, loss,
+    grad_norm}`` per iteration (for ``"newton"``: per accepted step). Put the model in
+    ``eval()`` if it has dropout.
+
+    >>> import torch
+    >>> m = torch.nn.Linear(1, 1).double()
+    >>> x = torch.linspace(-1, 1, 9, dtype=torch.float64)[:, None]
+    >>> r = minimize_grad_norm(m, torch.nn.functional.mse_loss, x, 3 * x - 1, threshold=1e-12)
+    >>> r["reached"], round(m.weight.item(), 9), round(m.bias.item(), 9)
+    (True, 3.0, -1.0)
     """
     if method not in METHODS:
         raise UserError(f"method must be one of {sorted(METHODS)}, got {method!r}")
@@ -87,7 +152,7 @@ def minimize_grad_norm(model: nn.Module, loss_fn: LossFn, x, y, threshold: float
         raise UserError(f"method='newton' needs the dense Hessian; {theta.numel()} parameters "
                         "is too many: use method='lbfgs'")
     run = _Run(f, xd, yd, threshold, max_steps, time_limit)
-    run.evaluate(theta)
+    loss0, _, norm0 = run.evaluate(theta)
     if not run.done():
         {"newton": _newton, "lbfgs": _lbfgs, "adam": _adam}[method](run, theta, lr, damping)
     best = unflatten_params(run.best_theta, [(n, p.shape) for n, p in model.named_parameters()])
@@ -97,8 +162,10 @@ def minimize_grad_norm(model: nn.Module, loss_fn: LossFn, x, y, threshold: float
     loss = loss_fn(model(xd), yd)
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     gnorm = torch.sqrt(sum((g.detach() ** 2).sum() for g in grads if g is not None)).item()
-    return {"grad_norm": gnorm, "loss": loss.item(), "reached": gnorm < threshold,
-            "steps": run.steps, "history": run.history, "method": method,
+    return {"grad_norm": gnorm, "loss": loss.item(), "loss_start": float(loss0),
+            "grad_norm_start": norm0, "distance": (run.best_theta - theta).norm().item(),
+            "reached": gnorm < threshold, "stalled": run.stalled, "steps": run.steps,
+            "history": run.history, "method": method,
             "seconds": time.perf_counter() - run.t0}
 
 
@@ -109,7 +176,7 @@ class _Run:
         self.f, self.x, self.y = f, x, y
         self.threshold, self.max_steps, self.time_limit = threshold, max_steps, time_limit
         self.t0, self.steps, self.history = time.perf_counter(), 0, []
-        self.best_norm, self.best_theta = float("inf"), None
+        self.best_norm, self.best_theta, self.stalled = float("inf"), None, False
 
     def seen(self, th, loss, g) -> float:
         norm = g.detach().norm().item()
@@ -132,27 +199,29 @@ class _Run:
 def _newton(run: _Run, theta, lr, damping):
     th = theta.clone()
     loss, g, norm = run.evaluate(th)
-    mu = damping  # trust parameter, relative to max|λ|: eigenvalues below mu·max|λ| are damped
+    nu = damping  # LM weight: the damping term is nu·max|λ|·‖∇L‖ (Fan & Yuan 2005)
     while not run.done():
         lam, q = torch.linalg.eigh(hessian_of(run.f, th, run.x, run.y))
         s = lam.abs().max().clamp_min(1e-300)
         gq = q.T @ g
         run.steps += 1
-        # Newton (Levenberg-Marquardt) step on ∇L = 0, kept if it at least halves ‖∇L‖.
-        d = -lr * (q @ (lam / (lam**2 + (mu * s) ** 2) * gq))
-        new_loss, new_g, new_norm = run.evaluate(th + d)
-        moved = bool(new_norm <= _A_CUT * norm)
-        if moved:
-            mu = max(mu / 3, 1e-15)
-        while not moved and mu <= 1e8:  # far from a critical point: damped Newton on L
-            d = -lr * (q @ (gq / (lam.abs() + mu * s)))
-            new_loss, new_g, new_norm = run.evaluate(th + d)
-            moved = bool(new_loss < loss)
-            mu = max(mu / 3, 1e-15) if moved else mu * 4
-        if not moved:
-            run.log(loss, norm)
+        step = None
+        while step is None and nu <= _NU_MAX:
+            den = lam**2 + nu * s * norm
+            d = -lr * (q @ (lam / den * gq))
+            slope = -2 * lr * float((lam**2 / den * gq**2).sum())  # d‖∇L(θ+αd)‖²/dα at 0
+            alpha = 1.0
+            for _ in range(_HALVINGS):
+                new_loss, new_g, new_norm = run.evaluate(th + alpha * d)
+                if new_norm**2 <= norm**2 + _ARMIJO * alpha * slope:  # NaN fails too
+                    step = alpha * d
+                    break
+                alpha /= 2
+            nu = max(nu / 4, 1e-12) if step is not None else nu * 8
+        if step is None:  # no step lowers ‖∇L‖²: a stall, reported as such
+            run.stalled = True
             return
-        th, loss, g, norm = th + d, new_loss, new_g, new_norm
+        th, loss, g, norm = th + step, new_loss, new_g, new_norm
         run.log(loss, norm)
 
 
