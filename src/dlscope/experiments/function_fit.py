@@ -54,10 +54,10 @@ class Config(ExperimentConfig):
                                  description="registry names or expr:<expression in x>")
     param_budget: int = Field(550, ge=10, description="parameters per model (matched within 1%)")
     depths: list[int] = Field([1, 3, 7], min_length=2, description="hidden layers per model")
-    activation: models.Activation = "relu"
+    activation: models.Activation = Field("relu", description="hidden-layer activation of every model")
     n_train: int = Field(1000, ge=8, description="evenly spaced training points")
     epochs: int = Field(20000, ge=1, description="full-batch Adam steps at most")
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
     converge_loss: float = Field(1e-6, gt=0, description="converged: MSE below this")
     converge_rel: float = Field(1e-3, gt=0, description="converged: plateau, relative gain")
     converge_window: int = Field(2000, ge=1, description="epochs the plateau rule looks back")
