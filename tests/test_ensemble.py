@@ -162,11 +162,15 @@ def test_flop_formula_equals_hand_count():
 def test_run_bench_smoke_tiny_sizes():
     figures = bench.run_bench(repeats=1, log=lambda _m: None, n_train=256, cnn_train=100,
                               ensemble_train=128, ensemble_size=2, sgemm_n=128, threads=1,
-                              hessian=False)
+                              hessian=False, contention=1)
     assert list(figures) == ["sgemm_gflops", "mlp_epoch_s", "mlp_floor_ratio",
                              "conventional_epoch_s", "engine_vs_conventional", "cnn_epoch_s",
                              "cnn_floor_ratio", "ensemble8_s", "sequential8_s",
-                             "ensemble_ratio", "hessian_1k_s"]
+                             "ensemble_ratio", "cnn_ensemble3_s", "cnn_sequential3_s",
+                             "cnn_ensemble_ratio", "hessian_1k_s", "mlp_epoch_busy1_s",
+                             "conventional_busy1_s", "busy1_ratio", "conventional_busy1_ratio"]
+    assert figures["busy1_ratio"] == pytest.approx(
+        figures["mlp_epoch_busy1_s"] / figures["mlp_epoch_s"], rel=1e-2)
     assert figures["hessian_1k_s"] is None
     assert all(v > 0 for k, v in figures.items() if k != "hessian_1k_s")
     assert figures["engine_vs_conventional"] == pytest.approx(

@@ -29,6 +29,14 @@ log says how many, and the load average at the start and the end.
     hessian_1k_s            `metrics.hessian.hessian_eigenvalues` of a 1-w1-w-1 MLP with ~1,000
                             parameters (models.width_for_params(2, 1000)) on 1,000 points of
                             sinc, MSE: exact float64 Hessian and its full spectrum
+    cnn_ensemble3_s         3 cnn-b members (seeds 0-2) on 3,000 images, one epoch, trained as
+                            one request (`train_ensemble`)
+    cnn_sequential3_s       the same 3 one after the other with `engine.train`
+    cnn_ensemble_ratio      cnn_ensemble3_s / cnn_sequential3_s
+    mlp_epoch_busy{k}_s     (--contention N, k = 1..N) mlp_epoch_s with k busy-loop processes
+                            competing for the cores (`dlscope.contention.busy_processes`)
+    conventional_busy{k}_s  conventional_epoch_s likewise
+    busy{k}_ratio           mlp_epoch_busy{k}_s / mlp_epoch_s (conventional_busy{k}_ratio too)
     suite_s                 (--suite) `run all --profile quick` into a temporary folder
 
 FLOP counts (`flops_per_epoch`): a forward pass costs 2 FLOPs per multiply-accumulate (MAC),
@@ -284,12 +292,13 @@ def curvature_figures(log: Log, n: int = 10000, repeats: int = 1) -> dict:
 def run_bench(repeats: int = 3, suite: bool = False, log: Log = print, *,
               n_train: int = 60000, cnn_train: int | None = None, ensemble_train: int = 10000,
               ensemble_size: int = 8, sgemm_n: int = 2048, threads: int | None = None,
-              hessian: bool = True) -> dict:
+              hessian: bool = True, contention: int = 0) -> dict:
     """Measure this machine (see the module docstring); a dict of the figures.
 
     The keyword sizes exist for tests and quick looks (`n_train` images per MLP epoch,
     `cnn_train` per CNN epoch (default n_train), `ensemble_train` per ensemble member);
-    the defaults are the documented figures.
+    the defaults are the documented figures. `contention=N` adds the MLP and conventional
+    epochs with 1..N busy-loop processes competing for the cores (`dlscope.contention`).
     """
     from dlscope import data
     from dlscope.data.mnist import load_mnist_arrays
@@ -389,6 +398,9 @@ def run_bench(repeats: int = 3, suite: bool = False, log: Log = print, *,
             log(f"bench: repeat {r + 1}/{repeats}: ensemble of {ensemble_size} {t_e:.2f} s, "
                 f"sequential {t_s:.2f} s ({n_ens:,} images each)")
 
+        cnn_rows = [_cnn_ensemble_times(first(img, min(3000, n_cnn)), cnn_cfg, log)
+                    for _ in range(repeats)]
+        busy = _contention_figures(contention, repeats, mlp, conventional, log)
         hess = [(_hessian_seconds(log) if hessian else None) for _ in range(repeats)]
         figures = {
             "sgemm_gflops": _med(r["sgemm"] for r in rows),
@@ -401,8 +413,17 @@ def run_bench(repeats: int = 3, suite: bool = False, log: Log = print, *,
             "ensemble8_s": _med(r["ens"] for r in ens_rows),
             "sequential8_s": _med(r["seq"] for r in ens_rows),
             "ensemble_ratio": _med(r["ratio"] for r in ens_rows),
+            "cnn_ensemble3_s": _med(r[0] for r in cnn_rows),
+            "cnn_sequential3_s": _med(r[1] for r in cnn_rows),
+            "cnn_ensemble_ratio": _med(r[0] / r[1] for r in cnn_rows),
             "hessian_1k_s": _med(hess),
         }
+        for k, times in busy.items():  # k competing busy processes
+            figures[f"mlp_epoch_busy{k}_s"] = _med(t[0] for t in times)
+            figures[f"conventional_busy{k}_s"] = _med(t[1] for t in times)
+            figures[f"busy{k}_ratio"] = _med(t[0] for t in times) / figures["mlp_epoch_s"]
+            figures[f"conventional_busy{k}_ratio"] = (_med(t[1] for t in times)
+                                                      / figures["conventional_epoch_s"])
         if hessian:
             figures.update(curvature_figures(log, n=min(10000, flat.n_train), repeats=repeats))
         figures = {k: _round(v) for k, v in figures.items()}
@@ -420,6 +441,32 @@ def run_bench(repeats: int = 3, suite: bool = False, log: Log = print, *,
         return figures
     finally:
         torch.set_num_threads(old_threads)
+
+
+def _cnn_ensemble_times(ds, cfg: TrainConfig, log: Log) -> tuple[float, float]:
+    """(3 same-shape CNN members trained together, the same 3 one after the other), seconds."""
+    from dlscope.train.ensemble import train_ensemble
+
+    seeds = [0, 1, 2]
+    t_e = _timed(lambda: train_ensemble([CNN] * 3, ds, cfg, seeds))
+    t_s = _timed(lambda: [train(seeded_model(lambda: models.build(CNN), s), ds, cfg, s)
+                          for s in seeds])
+    log(f"bench: 3 {CNN} members on {ds.n_train:,} images: together {t_e:.2f} s, one by one "
+        f"{t_s:.2f} s")
+    return t_e, t_s
+
+
+def _contention_figures(n: int, repeats: int, mlp, conventional, log: Log) -> dict:
+    """{k: [(MLP epoch s, conventional epoch s) per repeat]} with k = 1..n busy processes."""
+    from dlscope.contention import busy_processes
+
+    out: dict[int, list[tuple[float, float]]] = {}
+    for k in range(1, n + 1):
+        with busy_processes(k, max_s=60.0 * repeats + 120):
+            out[k] = [(mlp(), conventional(r)) for r in range(repeats)]
+        log(f"bench: {k} busy process(es): MLP epoch {_med(t[0] for t in out[k]):.2f} s, "
+            f"conventional {_med(t[1] for t in out[k]):.2f} s (load {_load()})")
+    return out
 
 
 def profile_steps(kind: str = "mlp", steps: int = 100, fast: bool = True,

@@ -180,11 +180,14 @@ def data_info():
 @app.command()
 def bench(json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
           suite: bool = typer.Option(False, help="also time `run all --profile quick` (minutes)"),
-          repeats: int = typer.Option(3, help="repeats per figure (median)")):
+          repeats: int = typer.Option(3, min=1, help="repeats per figure (median)"),
+          contention: int = typer.Option(0, min=0, max=8, help="also time the MLP and "
+                                         "conventional epochs with 1..N busy-loop processes "
+                                         "competing for the cores")):
     """Measure this machine: sgemm ceiling, engine epochs, ensembles, Hessian."""
     from dlscope.bench import run_bench
 
-    figures = run_bench(repeats=repeats, suite=suite, log=_log)
+    figures = run_bench(repeats=repeats, suite=suite, log=_log, contention=contention)
     if json_out:
         typer.echo(json.dumps(figures))
     else:
