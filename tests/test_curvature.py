@@ -203,7 +203,7 @@ def test_dataset_from_tensors_trains_with_the_engine():
     x = torch.randn(64, 5, generator=g)
     y = (x[:, 0] > 0).long()
     ds = Dataset.from_tensors(x, y)
-    assert ds.n_classes == 2 and ds.is_classification and "test = train" in ds.source
+    assert ds.n_classes == 2 and "test = train" in ds.source
     model = tanh_net([5, 8, 2], seed=0)
     res = train(model, ds, TrainConfig(lr=1e-2, batch_size=16, epochs=20), seed=0)
     assert res.final("train_acc") > 0.9

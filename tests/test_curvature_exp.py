@@ -35,7 +35,7 @@ def test_quick_run_tables_figures_statistics_verdict(tmp_path):
 
 
 @pytest.mark.parametrize("bad", [{"checkpoints": [1, 2]}, {"checkpoints": [0, 9]},
-                                 {"hessian_subset": 5000}, {"seeds": [0, 0]}, {"lr": 0}])
+                                 {"hessian_subset": 5000}, {"seeds": 0}, {"lr": 0}])
 def test_bad_config_is_a_user_error(bad, tmp_path):
     with pytest.raises(UserError):
         dlscope.run("curvature", profile="quick", out=tmp_path / "o", **bad)

@@ -26,10 +26,11 @@ from dlscope.execution.store import Store
 
 # function-fit, as small as it gets: 2 runs of 1 epoch on 8 points
 FIT = ["run", "function-fit", "--profile", "quick", "--set", "functions=['sinc']",
-       "--set", "depths=[1,2]", "--set", "epochs=1", "--set", "n_train=8",
+       "--set", "depths=[1,2]", "--set", "epochs=1", "--set", "n_train=8", "--set", "seeds=1",
        "--executor", "local", "--threads", "1"]
 # param-count on MNIST-format data: 2 tiny models, 1 epoch on 100 images
 PC = ["run", "param-count", "--profile", "quick", "--set", "widths=[2,4]", "--set", "epochs=1",
+      "--set", "seeds=1",
       "--set", "train_subset=100", "--set", "batch_size=50", "--executor", "local",
       "--threads", "1"]
 HAS_MNIST = (cache_dir_path() / "mnist.npz").is_file()
@@ -219,10 +220,10 @@ def test_two_processes_running_the_same_sweep(tmp_path):
 
 
 REFUSED = [
-    ("functions=[]", "functions: must not be empty"),
+    ("functions=[]", "functions: List should have at least 1 item"),
     ("functions=['sinc','sinc']", "'sinc' appears more than once"),
     ("depths=[1,1]", "depths: 1 appears more than once"),
-    ("seed=-1", "seed: must be >= 0"),
+    ("seed=-1", "seed: Input should be greater than or equal to 0"),
     ("n_train=1e10", "n_train: expected an integer, got 10000000000.0"),
     ("n_train=10000000000000", "n_train needs at least"),
     ("param_budget=1000000000000", "param_budget needs at least"),
@@ -468,7 +469,7 @@ def test_process_executor_from_a_stdin_script(tmp_path):
     """`__main__` cannot be re-imported (a script on stdin): the workers still start."""
     script = (f"import dlscope\nr = dlscope.run('function-fit', profile='quick', "
               f"out={str(tmp_path / 'O')!r}, executor='process', workers=2, threads=1, "
-              "functions=['sinc'], depths=[1, 2], epochs=1, n_train=8)\n"
+              "functions=['sinc'], depths=[1, 2], epochs=1, n_train=8, seeds=1)\n"
               "print(r.summary['computed'], len(r.summary['failed']))\n")
     p = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True,
                        timeout=300, cwd=tmp_path)

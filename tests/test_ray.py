@@ -53,6 +53,7 @@ QUESTION = "Does each run behave as told when it runs on Ray?"
 
 
 class Config(ExperimentConfig):
+    allow_repeats = frozenset({"modes"})  # two "ok" runs are two runs
     modes: list[str] = Field(["ok"], description="one run per entry: ok|slow|killed|error|crash")
     dir: str = Field(".", description="folder for the attempt/pid/release files")
 

@@ -12,6 +12,7 @@ import math
 import sys
 import typing
 from pathlib import Path
+from typing import ClassVar
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
@@ -71,8 +72,10 @@ class ExperimentConfig(BaseModel):
     booleans are not numbers and floats are not integers; numbers are finite; lists are not
     empty and hold no duplicates; seeds are >= 0; `*epochs` at most MAX_EPOCHS; sizes whose
     memory follows from one field (`n_train`, `function_points`, `param_budget`) fit in the
-    machine's memory (dlscope.execution.limits)."""
+    machine's memory (dlscope.execution.limits). A list key whose entries may repeat (one run
+    per entry, say) is named in the class's `allow_repeats`."""
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    allow_repeats: ClassVar[frozenset[str]] = frozenset()
 
     @model_validator(mode="before")
     @classmethod
@@ -107,7 +110,7 @@ class ExperimentConfig(BaseModel):
                     raise ConfigProblem(key, "must not be empty")
                 seen = []
                 for v in value:
-                    if v in seen:
+                    if v in seen and key not in self.allow_repeats:
                         raise ConfigProblem(key, f"{v!r} appears more than once (duplicates "
                                                  "would collapse or run twice)")
                     seen.append(v)
