@@ -53,7 +53,8 @@ QUESTION = "Does each run behave as told when it runs on Ray?"
 
 
 class Config(ExperimentConfig):
-    modes: list[str] = Field(["ok"], description="one run per entry: ok|slow|killed|error|crash")
+    modes: list[str] = Field(["ok"], description="one run per entry: ok|slow|killed|error|crash",
+                             json_schema_extra={"duplicates": True})
     dir: str = Field(".", description="folder for the attempt/pid/release files")
 
 

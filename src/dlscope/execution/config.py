@@ -69,7 +69,8 @@ class ExperimentConfig(BaseModel):
 
     Generic checks for every experiment (no silent coercions, no meaningless values):
     booleans are not numbers and floats are not integers; numbers are finite; lists are not
-    empty and hold no duplicates; seeds are >= 0; `*epochs` at most MAX_EPOCHS; sizes whose
+    empty and hold no duplicates (unless the field says `json_schema_extra={"duplicates": True}`,
+    for lists whose entries are positional, e.g. one run per entry); seeds are >= 0; `*epochs` at most MAX_EPOCHS; sizes whose
     memory follows from one field (`n_train`, `function_points`, `param_budget`) fit in the
     machine's memory (dlscope.execution.limits)."""
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -102,11 +103,13 @@ class ExperimentConfig(BaseModel):
             for v in items:
                 if isinstance(v, float) and not math.isfinite(v):
                     raise ConfigProblem(key, f"must be a finite number, got {v}")
+            extra = type(self).model_fields[key].json_schema_extra
+            repeats_ok = isinstance(extra, dict) and extra.get("duplicates") is True
             if isinstance(value, (list, tuple)):
                 if not value:
                     raise ConfigProblem(key, "must not be empty")
-                seen = []
-                for v in value:
+                seen = [] if not repeats_ok else None
+                for v in value if seen is not None else ():
                     if v in seen:
                         raise ConfigProblem(key, f"{v!r} appears more than once (duplicates "
                                                  "would collapse or run twice)")
