@@ -12,7 +12,6 @@ import math
 import sys
 import typing
 from pathlib import Path
-from typing import ClassVar
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
@@ -70,12 +69,11 @@ class ExperimentConfig(BaseModel):
 
     Generic checks for every experiment (no silent coercions, no meaningless values):
     booleans are not numbers and floats are not integers; numbers are finite; lists are not
-    empty and hold no duplicates; seeds are >= 0; `*epochs` at most MAX_EPOCHS; sizes whose
+    empty and hold no duplicates (unless the field says `json_schema_extra={"duplicates": True}`,
+    for lists whose entries are positional, e.g. one run per entry); seeds are >= 0; `*epochs` at most MAX_EPOCHS; sizes whose
     memory follows from one field (`n_train`, `function_points`, `param_budget`) fit in the
-    machine's memory (dlscope.execution.limits). A list key whose entries may repeat (one run
-    per entry, say) is named in the class's `allow_repeats`."""
+    machine's memory (dlscope.execution.limits)."""
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-    allow_repeats: ClassVar[frozenset[str]] = frozenset()
 
     @model_validator(mode="before")
     @classmethod
@@ -105,12 +103,14 @@ class ExperimentConfig(BaseModel):
             for v in items:
                 if isinstance(v, float) and not math.isfinite(v):
                     raise ConfigProblem(key, f"must be a finite number, got {v}")
+            extra = type(self).model_fields[key].json_schema_extra
+            repeats_ok = isinstance(extra, dict) and extra.get("duplicates") is True
             if isinstance(value, (list, tuple)):
                 if not value:
                     raise ConfigProblem(key, "must not be empty")
-                seen = []
-                for v in value:
-                    if v in seen and key not in self.allow_repeats:
+                seen = [] if not repeats_ok else None
+                for v in value if seen is not None else ():
+                    if v in seen:
                         raise ConfigProblem(key, f"{v!r} appears more than once (duplicates "
                                                  "would collapse or run twice)")
                     seen.append(v)
