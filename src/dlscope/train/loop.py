@@ -58,9 +58,9 @@ class BatchOrder:
                    y.index_select(0, idx).view(A, -1, *y.shape[1:]))
 
     def buffers(self, A: int, classification: bool, grad_norms: bool):
-        """An epoch's per-step losses ``[steps, A]`` (and its rows), gradient norms (or None), and the
-        predictions (step-major, as `accuracy` reads them) with one ``[A, B_s]`` slot a step
-        (or None for regression). Losses and predictions are read before the next epoch, so
+        """An epoch's per-step losses ``[steps, A]`` and their rows, gradient norms (or None),
+        and the predictions (step-major, as `accuracy` reads them) with one ``[A, B_s]`` slot
+        a step (or None for regression). Losses and predictions are read before the next epoch, so
         their buffers are reused while A stays; gradient norms are kept, so they are not."""
         if A not in self._buffers:
             losses = torch.empty(len(self.sizes), A, device=self.device)
