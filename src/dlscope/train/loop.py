@@ -33,6 +33,7 @@ class BatchOrder:
         self.gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
         full, last = divmod(n, batch_size)
         self.sizes = [batch_size] * full + ([last] if last else [])
+        self._buffers: dict[int, tuple] = {}
 
     def epoch(self, members: Sequence[int]) -> torch.Tensor | None:
         """The next epoch's step-major row order for `members` (None: full batch)."""
@@ -57,15 +58,19 @@ class BatchOrder:
                    y.index_select(0, idx).view(A, -1, *y.shape[1:]))
 
     def buffers(self, A: int, classification: bool, grad_norms: bool):
-        """An epoch's per-step losses ``[steps, A]``, gradient norms (or None), and the
-        predictions (step-major, as `correct` reads them) with one ``[A, B_s]`` slot a step
-        (or None for regression)."""
-        losses = torch.empty(len(self.sizes), A, device=self.device)
-        norms = torch.empty_like(losses) if grad_norms else None
-        if not classification:
-            return losses, norms, None, [None] * len(self.sizes)
-        preds = torch.empty(A * self.n, dtype=torch.int64, device=self.device)
-        return losses, norms, preds, [p.view(A, -1) for p in preds.split(A * self.bs)]
+        """An epoch's per-step losses ``[steps, A]`` and their rows, gradient norms (or None),
+        and the predictions (step-major, as `accuracy` reads them) with one ``[A, B_s]`` slot
+        a step (or None for regression). Losses and predictions are read before the next epoch, so
+        their buffers are reused while A stays; gradient norms are kept, so they are not."""
+        if A not in self._buffers:
+            losses = torch.empty(len(self.sizes), A, device=self.device)
+            preds = (torch.empty(A * self.n, dtype=torch.int64, device=self.device)
+                     if classification else None)
+            slots = ([p.view(A, -1) for p in preds.split(A * self.bs)] if classification
+                     else [None] * len(self.sizes))
+            self._buffers = {A: (losses, losses.unbind(0), preds, slots)}
+        losses, rows, preds, slots = self._buffers[A]
+        return losses, rows, torch.empty_like(losses) if grad_norms else None, preds, slots
 
     def mean(self, step_losses: list[float]) -> float:
         """The epoch's training loss: the steps' mean losses weighted by batch size."""
@@ -117,10 +122,11 @@ def fit(step: Step, data, cfgs: Sequence[TrainConfig], seeds: Sequence[int], bat
         log_epoch(0, {e: (loss[e], acc[e]) for e in alive if on_epoch[e] is not None})
     for epoch in range(1, max(c.epochs for c in cfgs) + 1):
         A, perm = len(alive), order.epoch(alive)
-        losses, norms, preds, pred_slots = order.buffers(A, classification, record_grad_norm)
+        losses, loss_rows, norms, preds, pred_slots = order.buffers(A, classification,
+                                                                   record_grad_norm)
         with torch.set_grad_enabled(step.autograd):
             for s, (xb, yb) in enumerate(order.batches(x, y, perm, A)):
-                step.forward_backward(xb, yb, losses[s], pred_slots[s])
+                step.forward_backward(xb, yb, loss_rows[s], pred_slots[s])
                 if norms is not None:
                     norms[s] = step.grad_norms()  # after backward, before the update
                 step.update()

@@ -58,6 +58,7 @@ class FusedOptimizer:
                                for p in self.params]
             # torch.optim keeps one float32 step tensor per parameter, all equal: one suffices.
             self.step_count = torch.zeros((), dtype=torch.float32, device=self.params[0].device)
+            self.steps = [self.step_count] * len(self.params)
 
     @staticmethod
     def supports(params: Sequence[torch.Tensor]) -> bool:
@@ -73,7 +74,7 @@ class FusedOptimizer:
         if self.kind == "adam":
             self.step_count.add_(1)
             torch._fused_adam_(self.params, grads, self.exp_avg, self.exp_avg_sq, [],
-                               [self.step_count] * len(self.params), amsgrad=False, lr=self.lr,
+                               self.steps, amsgrad=False, lr=self.lr,
                                beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1],
                                weight_decay=self.weight_decay, eps=ADAM_EPS, maximize=False,
                                grad_scale=None, found_inf=None)
@@ -101,6 +102,7 @@ class FusedOptimizer:
             new.exp_avg = [self.exp_avg[i] for i in sel]
             new.exp_avg_sq = [self.exp_avg_sq[i] for i in sel]
             new.step_count = self.step_count
+            new.steps = [new.step_count] * len(new.params)
         elif self.momentum_buffer is not None:
             new.momentum_buffer = [self.momentum_buffer[i] for i in sel]
         return new
