@@ -203,8 +203,9 @@ def test_sweep_spreads_over_nodes_and_matches_local(cluster, tmp_path, executors
 
     ex = executors[0]
     assert ex.name == "ray" and on_ray.summary["failed"] == []
-    assert sorted(p["key"] for p in ex.placements) == sorted(on_ray.tables["results"].function
-                                                             + "/" + on_ray.tables["results"].model)
+    res = on_ray.tables["results"]
+    assert sorted(p["key"] for p in ex.placements) == sorted(
+        res.function + "/" + res.model + "/seed=" + res.seed.astype(str))
     nodes = {p["node_id"] for p in ex.placements}
     assert len(nodes) >= 2, ex.placements  # both nodes ran runs
     assert nodes <= {n["NodeID"] for n in ray.nodes() if n["Alive"]}
