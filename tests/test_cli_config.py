@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from dlscope import experiments
-from dlscope.execution import config
 from dlscope.errors import UserError
+from dlscope.execution import config
 
 FF = experiments.get("function-fit")
 

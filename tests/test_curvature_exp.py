@@ -23,7 +23,7 @@ def test_quick_run_tables_figures_statistics_verdict(tmp_path):
     # Ritz values lie inside the spectrum: the SLQ λmax never exceeds Lanczos' λmax
     assert (res.slq_lambda_max <= res.lambda_max * (1 + 1e-6)).all()
     assert res.mass_band.between(0, 1).all()
-    for (seed, epoch), g in rz.groupby(["seed", "epoch"]):
+    for (_seed, _epoch), g in rz.groupby(["seed", "epoch"]):
         assert g.weight.sum() == pytest.approx(1.0, abs=1e-9)  # one probe: weights sum to 1
     assert res.loss[res.epoch == 2].max() < res.loss[res.epoch == 0].min()  # it trained
     v = r.summary["verdicts"]

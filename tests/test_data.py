@@ -19,8 +19,8 @@ from scipy import stats
 
 from dlscope.data import (
     Dataset,
-    build_dataset,
     MnistOptions,
+    build_dataset,
     data_info,
     function_dataset,
     load_mnist_arrays,

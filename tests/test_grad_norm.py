@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 
 import dlscope
-from dlscope.execution import config as configs
 from dlscope import experiments, models
 from dlscope.data import MnistOptions, function_dataset, mnist_dataset
-from dlscope.train.engine import TrainConfig, seeded_model, train
 from dlscope.errors import UserError
+from dlscope.execution import config as configs
+from dlscope.train.engine import TrainConfig, seeded_model, train
 
 
 def _by_hand(model, xb, yb, loss_fn) -> tuple[float, float]:

@@ -12,11 +12,11 @@ import pytest
 
 import dlscope
 from dlscope.data import MnistOptions, mnist_dataset
-from dlscope.train.engine import evaluate
 from dlscope.errors import UserError
-from dlscope.experiments import interpolation as ip
 from dlscope.execution.runspec import RunSpec
 from dlscope.execution.store import Store
+from dlscope.experiments import interpolation as ip
+from dlscope.train.engine import evaluate
 
 
 def spec_of(d: dict) -> RunSpec:

@@ -29,9 +29,9 @@ from pydantic import Field
 
 import dlscope
 from dlscope import experiments
+from dlscope.errors import UserError
 from dlscope.execution import runner
 from dlscope.execution.config import ExperimentConfig
-from dlscope.errors import UserError
 from dlscope.execution.runspec import RunResult, RunSpec
 
 try:

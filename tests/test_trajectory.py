@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 from dlscope import models
 from dlscope.data import MnistOptions, mnist_dataset
-from dlscope.train.engine import TrainConfig, evaluate, seeded_model, train
 from dlscope.errors import UserError
 from dlscope.metrics.trajectory import flat_params, loss_plane, pca, plane_axis
+from dlscope.train.engine import TrainConfig, evaluate, seeded_model, train
 
 
 @pytest.mark.parametrize("shape", [(12, 300), (60, 7)])  # Gram path (n < P) and economy SVD

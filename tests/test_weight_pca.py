@@ -9,13 +9,12 @@ import pytest
 import torch
 
 import dlscope
-from dlscope.execution import config as configs
 from dlscope import experiments, models
 from dlscope.data import MnistOptions, mnist_dataset
-from dlscope.train.engine import evaluate, seeded_model
 from dlscope.errors import UserError
+from dlscope.execution import config as configs
 from dlscope.metrics.trajectory import flat_params, pca
-
+from dlscope.train.engine import evaluate, seeded_model
 
 EXP = experiments.get("weight-pca")
 SMALL = {"seeds": 2, "epochs": 3, "every": 1, "train_subset": 800, "eval_subset": 500,
@@ -164,8 +163,8 @@ def test_ensemble_path_equals_solo_runs():
     """weight-pca's runs share a group: trained as one ensemble they equal solo trainings."""
     import dataclasses
 
-    from dlscope.experiments import weight_pca
     from dlscope.execution.runspec import RunContext, execute
+    from dlscope.experiments import weight_pca
 
     cfg = configs.resolve(weight_pca, "quick", overrides={"seeds": 2, "epochs": 1, "every": 1,
                                                           "landscape": False})

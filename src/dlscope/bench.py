@@ -289,7 +289,8 @@ def curvature_figures(log: Log, n: int = 10000, repeats: int = 1) -> dict:
             "hessian_density_s": _med(r["density"] for r in rows)}
 
 
-def run_bench(repeats: int = 3, suite: bool = False, log: Log = print, *,
+# long and branchy on purpose: one place that runs every figure in the order the docstring gives
+def run_bench(repeats: int = 3, suite: bool = False, log: Log = print, *,  # noqa: C901, PLR0915
               n_train: int = 60000, cnn_train: int | None = None, ensemble_train: int = 10000,
               ensemble_size: int = 8, sgemm_n: int = 2048, threads: int | None = None,
               hessian: bool = True, contention: int = 0) -> dict:

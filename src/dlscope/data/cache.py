@@ -9,11 +9,9 @@ rebuilt by the caller; bad data is never returned.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dlscope.atomic import atomic_write_bytes
 from dlscope.errors import UserError
 
 NPZ_NAME = "mnist.npz"
@@ -98,21 +97,6 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def write_cache(cache_dir: Path, arrays: MnistArrays) -> Path:
     """Write ``mnist.npz`` then ``mnist.npz.sha256`` atomically; return the npz path."""
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -120,8 +104,8 @@ def write_cache(cache_dir: Path, arrays: MnistArrays) -> Path:
     payload["source"] = np.array(arrays.source)
     data = _npz_bytes(payload)
     npz = cache_dir / NPZ_NAME
-    _atomic_write(npz, data)
-    _atomic_write(cache_dir / SHA_NAME, f"{sha256_hex(data)}  {NPZ_NAME}\n".encode())
+    atomic_write_bytes(npz, data)
+    atomic_write_bytes(cache_dir / SHA_NAME, f"{sha256_hex(data)}  {NPZ_NAME}\n".encode())
     return npz
 
 

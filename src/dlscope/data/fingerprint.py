@@ -39,7 +39,8 @@ def is_mnist(sha256: str) -> bool:
 
 
 def describe(sha256: str, where: str) -> str:
-    """How the data is named everywhere: "<where>: verified MNIST (...)" or "<where>: other data, not MNIST (...)"."""
+    """How the data is named everywhere: "<where>: verified MNIST (...)" or
+    "<where>: other data, not MNIST (...)"."""
     if is_mnist(sha256):
         return f"{where}: verified MNIST (content sha256 {sha256[:12]})"
     return f"{where}: other data, not MNIST (content sha256 {sha256[:12]})"

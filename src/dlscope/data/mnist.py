@@ -169,7 +169,8 @@ def load_mnist_arrays(
     arrays = read_cache(folder, log)
     if arrays is not None:  # read_cache returns verified MNIST content only
         arrays = dataclasses.replace(
-            arrays, source=describe(arrays.sha256, f"cache {npz}") + f" (originally {arrays.source})")
+            arrays,
+            source=describe(arrays.sha256, f"cache {npz}") + f" (originally {arrays.source})")
         log(
             f"MNIST: {len(arrays.y_train)} train / {len(arrays.y_test)} test "
             f"from {arrays.source}"

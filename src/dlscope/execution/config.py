@@ -69,8 +69,9 @@ class ExperimentConfig(BaseModel):
 
     Generic checks for every experiment (no silent coercions, no meaningless values):
     booleans are not numbers and floats are not integers; numbers are finite; lists are not
-    empty and hold no duplicates (unless the field says `json_schema_extra={"duplicates": True}`,
-    for lists whose entries are positional, e.g. one run per entry); seeds are >= 0; `*epochs` at most MAX_EPOCHS; sizes whose
+    empty and hold no duplicates (unless the field says `json_schema_extra={"duplicates":
+    True}`, for lists whose entries are positional, e.g. one run per entry); seeds are >= 0;
+    `*epochs` at most MAX_EPOCHS; sizes whose
     memory follows from one field (`n_train`, `function_points`, `param_budget`) fit in the
     machine's memory (dlscope.execution.limits)."""
     model_config = ConfigDict(extra="forbid", validate_assignment=True)

@@ -24,11 +24,11 @@ from dlscope import __version__, experiments
 from dlscope.errors import UserError
 from dlscope.execution import config as configs
 from dlscope.execution import limits
-from dlscope.train.engine import ENGINE_VERSION, resolve_device
 from dlscope.execution.executor import Task, choose, get_executor, worker_threads
 from dlscope.execution.result import ExperimentResult
 from dlscope.execution.runspec import RunResult, RunSpec, resolve_run
 from dlscope.execution.store import Store, atomic_write_text, write_json
+from dlscope.train.engine import ENGINE_VERSION, resolve_device
 
 
 def _tasks(specs: list[RunSpec], workers: int) -> list[Task]:
@@ -145,6 +145,7 @@ def environment(device, threads: int, executor: str, workers: int) -> dict:
             "workers": workers, "git_commit": _git_commit()}
 
 
+# long: the one code path behind `dlscope run`, step by step in order (validate, run, write)
 def run_experiment(name: str, *, profile: str = "assignment", config_file=None, sets=(),
                    overrides: dict | None = None, out="runs", executor: str = "auto",
                    workers: int | None = None, device: str = "auto", threads: int | None = None,

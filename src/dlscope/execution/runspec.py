@@ -1,4 +1,4 @@
-"""What an independent run is (RunSpec), what it returns (RunResult), and where it runs (RunContext).
+"""What an independent run is (RunSpec), what it returns (RunResult), where it runs (RunContext).
 
 A RunSpec names what runs it by import path plus JSON-able parameters, so any executor (in
 process, a process pool, Ray) can run it: either an experiment module (`fn="mypkg.myexp"`:
@@ -7,8 +7,9 @@ docs/CONTRACT.md) or, the older form the built-in experiments still use, one fun
 (`fn="mypkg.myexp:train_one"`, with an optional `train_one_many`). Its hash covers everything
 that changes its numbers: `fn`, the parameters (config, seed), the device, the torch thread
 count, the engine version and the identity of the data loaded from outside (MNIST-kind
-data: its content fingerprint and, for other data, its source; dlscope.data.fingerprint). Specs that share a `group` may be trained together as an
-ensemble by the batched variant (same shape, differing only in seed/init/lr).
+data: its content fingerprint and, for other data, its source; dlscope.data.fingerprint).
+Specs that share a `group` may be trained together as an ensemble by the batched variant
+(same shape, differing only in seed/init/lr).
 """
 
 from __future__ import annotations

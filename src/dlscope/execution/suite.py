@@ -36,7 +36,8 @@ def run_all(*, profile: str, out, log=print, **options) -> list[str]:
             status[name] = {"status": "failed", "error": f"{type(exc).__name__}: {exc}",
                             "traceback": traceback.format_exc(limit=8),
                             "wall_s": round(time.perf_counter() - t, 2)}
-    write_json(out / "suite.json", {"profile": profile, "wall_s": round(time.perf_counter() - t0, 2),
+    write_json(out / "suite.json", {"profile": profile,
+                                    "wall_s": round(time.perf_counter() - t0, 2),
                                     "experiments": status})
     from dlscope.report import build_report
 

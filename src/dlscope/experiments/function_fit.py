@@ -54,7 +54,8 @@ class Config(ExperimentConfig):
                                  description="registry names or expr:<expression in x>")
     param_budget: int = Field(550, ge=10, description="parameters per model (matched within 1%)")
     depths: list[int] = Field([1, 3, 7], min_length=2, description="hidden layers per model")
-    activation: models.Activation = Field("relu", description="hidden-layer activation of every model")
+    activation: models.Activation = Field("relu",
+                                          description="hidden-layer activation of every model")
     n_train: int = Field(1000, ge=8, description="evenly spaced training points")
     epochs: int = Field(20000, ge=1, description="full-batch Adam steps at most")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate")
@@ -197,6 +198,7 @@ def _failed(df: pd.DataFrame) -> pd.Series:
     return df.status.isin(("collapsed", "diverged"))
 
 
+# long: three figures of one experiment, each a few plotting calls
 def figures(cfg: Config, tables) -> dict:
     figs, res = {}, tables["results"]
     names = slugs(res.function.unique())

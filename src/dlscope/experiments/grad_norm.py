@@ -27,12 +27,12 @@ from matplotlib.figure import Figure
 from pydantic import Field, field_validator
 
 from dlscope import models, plotting
-from dlscope.execution.config import ExperimentConfig
-from dlscope.experiments import stats
 from dlscope.data.functions import resolve as resolve_function
-from dlscope.train.engine import TrainConfig, seeded_model, train
 from dlscope.errors import UserError
+from dlscope.execution.config import ExperimentConfig
 from dlscope.execution.runspec import RunResult, RunSpec
+from dlscope.experiments import stats
+from dlscope.train.engine import TrainConfig, seeded_model, train
 
 NAME = "grad-norm"
 SECTION = "1-2"
@@ -167,7 +167,8 @@ def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
                      "model": models.parse_model(p["model"]).name, "params": v["params"],
                      "batch": v["batch"], "n_train": v["n_train"], "steps": v["steps"],
                      "epochs": v["epochs_run"], "status": r.status,
-                     "first_loss": _window(c, "loss", False), "final_loss": _window(c, "loss", True),
+                     "first_loss": _window(c, "loss", False),
+                     "final_loss": _window(c, "loss", True),
                      "first_grad_norm": _window(c, "grad_norm", False),
                      "final_grad_norm": _window(c, "grad_norm", True),
                      "peak_grad_norm": float(c.grad_norm.max()),

@@ -35,10 +35,18 @@ from dlscope import models, plotting
 from dlscope.data import MnistOptions, mnist_dataset
 from dlscope.execution.runspec import RunResult, RunSpec
 from dlscope.experiments import stats
-from dlscope.experiments.flatness_common import (
-    MatchedConfig, flat_params, iv, jsonable, pipeline_reason, rebuild, scaled_lr, seed_lines,
-    train_matched)
 from dlscope.experiments.common import mnist_spec
+from dlscope.experiments.flatness_common import (
+    MatchedConfig,
+    flat_params,
+    iv,
+    jsonable,
+    pipeline_reason,
+    rebuild,
+    scaled_lr,
+    seed_lines,
+    train_matched,
+)
 from dlscope.metrics.directions import curve_rise, filter_normalized_direction, loss_curve_1d
 from dlscope.metrics.interpolation import alpha_grid, evaluate_classifier, interpolate
 from dlscope.train.engine import TrainConfig, evaluate, seeded_model
@@ -223,7 +231,7 @@ def figures(cfg: Config, tables) -> dict:
             plotting.finish(ax, f"{name} ({init}): {key}",
                             f"α  (0: {labels[0]}; 1: {labels[-1]})", unit)
         ax = axes[2]
-        for j, (end, e) in enumerate(ends.iterrows()):
+        for j, (end, _e) in enumerate(ends.iterrows()):
             runs_ = mods[(mods.pair == name) & (mods.end == end)].run
             seed_lines(ax, cur[cur.run.isin(runs_)], "t", "train_loss", f"C{j + 2}",
                         f"{labels[j]} ({end})")

@@ -71,7 +71,8 @@ class Config(ExperimentConfig):
     batch_size: int = Field(100, ge=1, description="mini-batch size")
     epochs: int = Field(10, ge=1, description="training epochs")
     train_subset: int | None = Field(None, ge=1, le=60000, description="train on n images")
-    target_acc: float = Field(0.985, gt=0, le=1, description="test accuracy each model should reach")
+    target_acc: float = Field(0.985, gt=0, le=1,
+                              description="test accuracy each model should reach")
     seed: int = Field(0, ge=0, description="first seed (seeds are seed..seed+seeds-1); data subset")
 
     @field_validator("models")

@@ -31,11 +31,18 @@ from pydantic import Field
 
 from dlscope import models
 from dlscope.execution.config import ExperimentConfig
-from dlscope.train.engine import TrainConfig
-from dlscope.experiments import stats
-from dlscope.experiments.common import (FAILED, ensemble_ok, full_metrics, loss_accuracy_figure,
-                                        seeds_of, setting_statistics, train_and_evaluate)
 from dlscope.execution.runspec import RunResult, RunSpec
+from dlscope.experiments import stats
+from dlscope.experiments.common import (
+    FAILED,
+    ensemble_ok,
+    full_metrics,
+    loss_accuracy_figure,
+    seeds_of,
+    setting_statistics,
+    train_and_evaluate,
+)
+from dlscope.train.engine import TrainConfig
 
 NAME = "param-count"
 SECTION = "1-3"
@@ -229,8 +236,8 @@ def observations(cfg: Config, tables) -> list[str]:
          f"largest vs second largest ({second}): {diff.text('.2f', 100, ' points')}."),
     ]
     if len(failed):
-        out.append(f"Failed runs (not in the statistics): "
-                   f"{', '.join(f'{r.model}/seed={r.seed} ({r.status})' for r in failed.itertuples())}.")
+        names = ", ".join(f"{r.model}/seed={r.seed} ({r.status})" for r in failed.itertuples())
+        out.append(f"Failed runs (not in the statistics): {names}.")
     return out
 
 

@@ -35,12 +35,18 @@ from pydantic import Field, field_validator
 
 from dlscope import models
 from dlscope.execution.config import ExperimentConfig
-from dlscope.train.engine import TrainConfig, evaluate, seeded_model, train
-from dlscope.experiments import stats
-from dlscope.experiments.common import (FAILED, ensemble_ok, loss_accuracy_figure,
-                                        mnist_data_options, mnist_spec, seeds_of,
-                                        setting_statistics)
 from dlscope.execution.runspec import RunResult, RunSpec
+from dlscope.experiments import stats
+from dlscope.experiments.common import (
+    FAILED,
+    ensemble_ok,
+    loss_accuracy_figure,
+    mnist_data_options,
+    mnist_spec,
+    seeds_of,
+    setting_statistics,
+)
+from dlscope.train.engine import TrainConfig, evaluate, seeded_model, train
 
 NAME = "random-labels"
 SECTION = "1-3"

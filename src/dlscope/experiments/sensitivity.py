@@ -36,10 +36,17 @@ from pydantic import Field, field_validator
 from dlscope import models, plotting
 from dlscope.execution.runspec import RunResult, RunSpec
 from dlscope.experiments import stats
-from dlscope.experiments.flatness_common import (
-    MatchedConfig, band, bs_axis, iv, jsonable, pipeline_reason, scaled_lr, train_matched
-)
 from dlscope.experiments.common import mnist_spec
+from dlscope.experiments.flatness_common import (
+    MatchedConfig,
+    band,
+    bs_axis,
+    iv,
+    jsonable,
+    pipeline_reason,
+    scaled_lr,
+    train_matched,
+)
 from dlscope.metrics.sensitivity import loss_input_grad_norm, sensitivity
 from dlscope.metrics.sharpness import lambda_max, sharpness
 from dlscope.train.engine import TrainConfig, evaluate, seeded_model

@@ -34,10 +34,10 @@ from pydantic import Field, field_validator, model_validator
 
 from dlscope import models, plotting
 from dlscope.execution.config import ExperimentConfig
-from dlscope.experiments import stats
-from dlscope.train.engine import TrainConfig, evaluate, seeded_model, train
-from dlscope.metrics.trajectory import flat_params, loss_plane, pca, plane_axis
 from dlscope.execution.runspec import RunResult, RunSpec
+from dlscope.experiments import stats
+from dlscope.metrics.trajectory import flat_params, loss_plane, pca, plane_axis
+from dlscope.train.engine import TrainConfig, evaluate, seeded_model, train
 
 NAME = "weight-pca"
 SECTION = "1-2"
@@ -132,7 +132,8 @@ def _prepare(p: dict, ds, device):
     def on_epoch(epoch: int, m, _metrics) -> None:
         if epoch in keep:
             snaps.append(flat_params(m).cpu().numpy().astype(np.float32))
-            rows.append((epoch, *evaluate(m, xs, ys, True), *evaluate(m, ds.x_test, ds.y_test, True)))
+            rows.append((epoch, *evaluate(m, xs, ys, True),
+                         *evaluate(m, ds.x_test, ds.y_test, True)))
 
     return model, tc, on_epoch, (idx, snaps, rows)
 
@@ -389,5 +390,6 @@ def _pairwise(xy: np.ndarray) -> float:
 def headline(cfg: Config, tables) -> dict:
     var, res = tables["variance"].set_index("scope"), tables["results"]
     out = {f"{s}_pc12_var": float(var.loc[s].pc12) for s in var.index}
-    out.update(test_acc_mean=float(res.test_acc.mean()), train_loss_mean=float(res.train_loss.mean()))
+    out.update(test_acc_mean=float(res.test_acc.mean()),
+               train_loss_mean=float(res.train_loss.mean()))
     return out

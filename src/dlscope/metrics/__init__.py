@@ -6,7 +6,8 @@
   `extreme_eigenvalues(..., which="top", return_vectors=True)`, `hvp_operator`,
   `HessianOperator`, `full_loss`, `iter_batches`
 - `dlscope.metrics.critical`: reaching ‖∇L‖ ≈ 0 (`minimize_grad_norm`)
-- `dlscope.metrics.sensitivity(model, x, output="softmax"|"logits")`: per-sample input-Jacobian norms
+- `dlscope.metrics.sensitivity(model, x, output="softmax"|"logits")`: per-sample
+  input-Jacobian norms
 - `dlscope.metrics.sharpness(model, loss_fn, x, y, epsilon)`: Keskar et al. ε-sharpness
 - `dlscope.metrics.interpolate(model_a, model_b, alphas, evaluate)`: θ(α) = (1−α)θ_a + αθ_b
 - `dlscope.metrics.trajectory`: PCA of parameter snapshots and loss planes (`pca`, `loss_plane`)

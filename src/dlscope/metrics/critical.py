@@ -105,6 +105,7 @@ def _loss_and_grad(f, th, x, y, create_graph=False):
     return loss, g
 
 
+# long: a third of it is the docstring stating the method and what is recorded
 def minimize_grad_norm(model: nn.Module, loss_fn: LossFn, x, y, threshold: float = 1e-4,
                        max_steps: int | None = None, lr: float | None = None,
                        method: str = "newton", damping: float = 1.0,
@@ -192,7 +193,8 @@ class _Run:
         self.history.append({"step": self.steps, "loss": float(loss), "grad_norm": norm})
 
     def done(self) -> bool:
-        out_of_time = self.time_limit is not None and time.perf_counter() - self.t0 > self.time_limit
+        elapsed = time.perf_counter() - self.t0
+        out_of_time = self.time_limit is not None and elapsed > self.time_limit
         return self.best_norm < self.threshold or self.steps >= self.max_steps or out_of_time
 
 

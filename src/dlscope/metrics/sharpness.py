@@ -57,6 +57,7 @@ _FLAT_START = 1e-10
 _RANDOM_START_SCALE = 0.1
 
 
+# long: the docstring states the definition; the body is one L-BFGS-B call with its setup
 def sharpness(
     model: nn.Module,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],

@@ -61,7 +61,7 @@ def pca(X, k: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def plane_axis(lo: float, hi: float, n: int) -> np.ndarray:
-    """At least ``n`` evenly spaced points covering [lo, hi] (widened to hold 0) with 0 on the grid."""
+    """At least ``n`` evenly spaced points covering [lo, hi] (widened to hold 0), 0 on the grid."""
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
     if n < 3:
         raise UserError(f"plane_axis: need n >= 3, got {n}")
@@ -99,11 +99,12 @@ def _split_first_linear(model: nn.Module):
     return None
 
 
+# long: the docstring states the plane; the body is one chunked loop over the grid
 @torch.inference_mode()
 def loss_plane(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
                center, d1, d2, alphas: Sequence[float], betas: Sequence[float], *,
                chunk: int = 16, batch_size: int = 10000, fast: bool = True) -> np.ndarray:
-    """Mean loss of ``center + α·d1 + β·d2`` for every (α, β): an array ``[len(alphas), len(betas)]``.
+    """Mean loss of ``center + α·d1 + β·d2`` for every (α, β): ``[len(alphas), len(betas)]``.
 
     ``center``, ``d1``, ``d2`` are flat vectors in ``model.parameters()`` order (numpy or
     torch); ``loss_fn(output, target)`` returns a batch-mean loss (e.g. F.cross_entropy).

@@ -94,7 +94,8 @@ def _header(r: Results) -> str:
     return (f'<header><h1>dlscope report</h1><p class="lead">HW1 — deep vs shallow, '
             f"optimization, generalization: {len(done)} of {len(exps)} experiments with results, "
             f"profile <strong>{esc(profile)}</strong>, total wall time <strong>{esc(wall)}"
-            f"</strong>. Methods: {_methods_link(r)}.</p>{_attention(exps)}<div class=\"facts\">{facts}</div></header>")
+            f"</strong>. Methods: {_methods_link(r)}.</p>{_attention(exps)}"
+            f"<div class=\"facts\">{facts}</div></header>")
 
 
 def _attention(exps: list[Experiment]) -> str:
@@ -169,8 +170,8 @@ def _methods_link(r: Results) -> str:
 def _toc(r: Results) -> str:
     rows = []
     for sec, part, members in groups(r.experiments):
-        rows.append(f'<tr class="part"><th colspan="4" scope="rowgroup"><a href="#part-{slug(sec)}">'
-                    f"{esc(sec)} · {esc(part)}</a></th></tr>")
+        rows.append(f'<tr class="part"><th colspan="4" scope="rowgroup">'
+                    f'<a href="#part-{slug(sec)}">{esc(sec)} · {esc(part)}</a></th></tr>')
         for e in members:
             s = e.summary
             runs = esc(s["runs"]) if isinstance(s.get("runs"), int) else "—"

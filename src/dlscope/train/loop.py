@@ -91,6 +91,7 @@ class BatchOrder:
         return [c / self.n for c in count.tolist()]
 
 
+# long: the one training loop, kept whole so it reads in one screen (half is its docstring)
 def fit(step: Step, data, cfgs: Sequence[TrainConfig], seeds: Sequence[int], batch_size: int,
         on_epoch: Sequence[OnEpoch | None], *, record_grad_norm: bool = False,
         progress: Callable[[int], None] | None = None) -> list[TrainResult]:
