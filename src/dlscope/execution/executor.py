@@ -53,10 +53,6 @@ class LocalExecutor:
                 yield task, exc
 
 
-def _init_worker(threads: int, parent_pid: int | None = None) -> None:
-    init_worker(threads, parent_pid)  # kept for callers of the old name
-
-
 def check_workers(workers: int | None, executor: str = "process") -> None:
     if workers is None:
         return

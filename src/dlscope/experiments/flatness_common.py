@@ -155,15 +155,6 @@ def pipeline_reason(df: pd.DataFrame, cfg: MatchedConfig) -> str | None:
     return None
 
 
-def jsonable(obj):
-    """`obj` with numpy scalars (e.g. the np.bool_ of a Difference's `clear`) made Python."""
-    if isinstance(obj, dict):
-        return {k: jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    return obj.item() if isinstance(obj, np.generic) else obj
-
-
 def iv(values, fmt: str = ".3g", scale: float = 1.0) -> str:
     """'median [lo, hi]' of the finite values (95% t-interval of the mean; n < 2: no interval)."""
     i = stats.interval(values)

@@ -40,7 +40,6 @@ from dlscope.experiments.flatness_common import (
     MatchedConfig,
     flat_params,
     iv,
-    jsonable,
     pipeline_reason,
     rebuild,
     scaled_lr,
@@ -261,10 +260,6 @@ def _ends(mods: pd.DataFrame, name: str, end: str) -> pd.DataFrame:
 
 
 def statistics(cfg: Config, tables) -> dict:
-    return jsonable(_statistics(cfg, tables))
-
-
-def _statistics(cfg: Config, tables) -> dict:
     res, mods = tables["results"], tables["models"]
     out: dict = {"matched_criterion": cfg.criterion_text(), "lr_scaling": cfg.lr_scaling,
                  "interval": "95% t-interval of the mean over seeds",

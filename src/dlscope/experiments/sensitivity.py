@@ -42,7 +42,6 @@ from dlscope.experiments.flatness_common import (
     band,
     bs_axis,
     iv,
-    jsonable,
     pipeline_reason,
     scaled_lr,
     train_matched,
@@ -240,10 +239,6 @@ def _ok(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def statistics(cfg: Config, tables) -> dict:
-    return jsonable(_statistics(cfg, tables))
-
-
-def _statistics(cfg: Config, tables) -> dict:
     df = tables["results"]
     ok = _ok(df)
     out: dict = {"matched_criterion": cfg.criterion_text(), "lr_scaling": cfg.lr_scaling,
