@@ -116,3 +116,12 @@ def test_loss_plane_rejects_wrong_sizes(trained):
         loss_plane(model, F.cross_entropy, x, y, c[:-1], d1, d2, [0.0], [0.0])
     with pytest.raises(UserError):
         loss_plane(model, F.cross_entropy, x, y[:-1], c, d1, d2, [0.0], [0.0])
+
+
+def test_flat_params_takes_a_channels_last_cnn():
+    """The fast step trains CPU CNNs channels-last; their flat vector is the same numbers in
+    the same order as torch's own `parameters_to_vector` of the contiguous module."""
+    model = models.build("cnn-c")
+    expected = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    model.to(memory_format=torch.channels_last)
+    assert torch.equal(flat_params(model), expected)

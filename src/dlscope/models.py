@@ -158,9 +158,14 @@ def build(spec: MLPSpec | CNNSpec | str) -> nn.Module:
         return nn.Sequential(*layers)
     chans = [spec.in_channels, *spec.channels]
     for a, b in zip(chans[:-1], chans[1:]):
-        layers += [nn.Conv2d(a, b, spec.kernel, padding=spec.padding), act()]
+        block = [nn.Conv2d(a, b, spec.kernel, padding=spec.padding), act()]
         if spec.pool > 1:
-            layers.append(nn.MaxPool2d(spec.pool))
+            # ReLU commutes with max pooling (max(relu(x)) = relu(max(x)), gradients included:
+            # both route a window's gradient to its first maximum, or nowhere when it is <= 0),
+            # so ReLU goes after the pool, on 1/pool^2 of the elements
+            pool = nn.MaxPool2d(spec.pool)
+            block = [block[0], pool, block[1]] if spec.activation == "relu" else [*block, pool]
+        layers += block
     layers.append(nn.Flatten())
     dims = [chans[-1] * spec.feature_size() ** 2, *spec.fc]
     for a, b in zip(dims[:-1], dims[1:]):

@@ -73,8 +73,9 @@ def plane_axis(lo: float, hi: float, n: int) -> np.ndarray:
 
 
 def flat_params(model: nn.Module) -> torch.Tensor:
-    """All parameters as one detached vector, in ``model.parameters()`` order."""
-    return torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    """All parameters as one detached vector, in ``model.parameters()`` order (any memory
+    format: a CNN trained channels-last too, which `parameters_to_vector`'s views refuse)."""
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
 def _as_vector(v, like: torch.Tensor, what: str) -> torch.Tensor:

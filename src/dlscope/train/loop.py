@@ -20,6 +20,7 @@ from torch import nn
 from dlscope.train.config import TrainConfig, TrainResult
 from dlscope.train.rules import History, Stopping
 from dlscope.train.steps import Step
+from dlscope.train.threads import intra_op_threads
 
 OnEpoch = Callable[[int, nn.Module, dict], None]
 
@@ -91,7 +92,6 @@ class BatchOrder:
         return [c / self.n for c in count.tolist()]
 
 
-# long: the one training loop, kept whole so it reads in one screen (half is its docstring)
 def fit(step: Step, data, cfgs: Sequence[TrainConfig], seeds: Sequence[int], batch_size: int,
         on_epoch: Sequence[OnEpoch | None], *, record_grad_norm: bool = False,
         progress: Callable[[int], None] | None = None) -> list[TrainResult]:
@@ -101,7 +101,16 @@ def fit(step: Step, data, cfgs: Sequence[TrainConfig], seeds: Sequence[int], bat
     include the initial point) and after every epoch; `progress(epoch)` after every epoch.
     A member leaves the step when a rule of its own stops it (`rules.Stopping`); the others
     go on. A result's `wall_s` is the member's share of the time: setup split evenly, each
-    epoch split among the members that trained in it."""
+    epoch split among the members that trained in it. The loop runs on the step's thread
+    count (`Step.threads`: one thread for a small step)."""
+    with intra_op_threads(step.threads(batch_size)):
+        return _fit(step, data, cfgs, seeds, batch_size, on_epoch, record_grad_norm, progress)
+
+
+# long: the one training loop, kept whole so it reads in one screen
+def _fit(step: Step, data, cfgs: Sequence[TrainConfig], seeds: Sequence[int], batch_size: int,
+         on_epoch: Sequence[OnEpoch | None], record_grad_norm: bool,
+         progress: Callable[[int], None] | None) -> list[TrainResult]:
     t_mark, x, y = time.perf_counter(), data.x_train, data.y_train
     order = BatchOrder(len(x), batch_size, seeds, x.device)
     stops, logs = [Stopping(c) for c in cfgs], [History(c) for c in cfgs]
