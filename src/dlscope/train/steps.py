@@ -30,6 +30,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from dlscope.train import cnnfast
 from dlscope.train.evaluation import evaluate, grad_norm, loss_function
 from dlscope.train.fastpath import (
     loss_and_grad,
@@ -104,9 +105,10 @@ class AutogradStep(_OneModel):
     """Forward, `loss.backward()`, then the fused optimizer (or `torch.optim` where the fused
     kernel does not apply, or with `fused=False`). `compile=True` runs the model through
     `torch.compile` (opt-in; docs/PERFORMANCE.md has the measurement). `channels_last=True`
-    stores a CNN's convolution weights channels-last, so oneDNN convolves and pools in NHWC
-    (on the CPU, 26% less time a cnn-b step; the same numbers to float tolerance, not bit for
-    bit: the convolutions sum in another order)."""
+    stores a CNN's convolution weights channels-last, so oneDNN convolves and pools in NHWC,
+    and runs a one-channel first convolution as one GEMM (`cnnfast.FirstConv`); on the CPU a
+    cnn-b step took 16 instead of 26 ms (docs/PERFORMANCE.md), the same numbers to float
+    tolerance, not bit for bit: the convolutions sum in another order."""
 
     autograd = True
 
@@ -120,7 +122,8 @@ class AutogradStep(_OneModel):
         self.fused = fused and FusedOptimizer.supports(self.params)
         self.opt = (FusedOptimizer(self.params, **optimizer) if self.fused else
                     torch_optimizer(self.params, **optimizer))
-        self.forward = torch.compile(model) if compile else model
+        self.forward = (torch.compile(model) if compile else
+                        (channels_last and cnnfast.forward_of(model)) or model)
         self.loss_fn = loss_function(classification)
         self.updates = 0
 

@@ -1,0 +1,82 @@
+"""The CNN training step's one special kernel: a first convolution over a one-channel image as
+one matrix product.
+
+oneDNN handles a convolution with a single input channel poorly: on the 2-core machine of
+docs/PERFORMANCE.md, cnn-b's first layer (1 -> 16 channels, 3x3, 100 MNIST images) took
+0.8-3.0 ms forward and 3.6-7.6 ms for its weight gradient, a fifth to a third of the whole
+step for 2% of its multiply-accumulates. Written as the k*k shifted copies of the padded image
+(`cols`, [k*k, B*H*W], nine contiguous copies) times the [C, k*k] weight, it is one GEMM
+forward and one for the weight gradient (0.5 + 0.5 ms and 1.4 ms there), and its output is
+already channels-last. The input needs no gradient, so none is computed. The sums run in
+another order than oneDNN's: the same numbers to float tolerance (tests/test_cnnfast.py).
+
+`forward_of(model)` returns the training forward that uses it, or None where it does not
+apply (the caller then runs the module itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class FirstConv(torch.autograd.Function):
+    """conv2d(x, weight, bias, padding) for x [B, 1, H, W] that needs no input gradient. A row
+    of ones under the k*k shifted copies carries the bias, so forward and backward are one
+    GEMM each (the bias gradient is the product's last row)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                padding: int) -> torch.Tensor:
+        B, _, H, W = x.shape
+        C, _, k, _ = weight.shape
+        xp = F.pad(x[:, 0], (padding,) * 4) if padding else x[:, 0]
+        Ho, Wo = H + 2 * padding - k + 1, W + 2 * padding - k + 1
+        cols = x.new_empty(k * k + 1, B, Ho, Wo)
+        for i in range(k):
+            for j in range(k):
+                cols[i * k + j].copy_(xp[:, i:i + Ho, j:j + Wo])
+        cols[k * k].fill_(1.0)
+        cols = cols.view(k * k + 1, B * Ho * Wo)
+        w_aug = torch.cat([weight.reshape(C, k * k), bias.view(C, 1)], 1)  # [C, k*k + 1]
+        y = cols.t() @ w_aug.t()  # [B*Ho*Wo, C]: NHWC
+        ctx.save_for_backward(cols, weight)
+        return y.view(B, Ho, Wo, C).permute(0, 3, 1, 2)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        cols, weight = ctx.saved_tensors
+        kk = cols.shape[0] - 1
+        g2 = g.permute(0, 2, 3, 1).reshape(-1, g.shape[1])  # a view when g is channels-last
+        both = cols @ g2  # [k*k + 1, C]: weight gradient rows, then the bias gradient
+        gw = torch.empty_like(weight)  # the weight's own strides (channels-last or not)
+        gw.copy_(both[:kk].t().reshape(weight.shape))
+        return None, gw, both[kk].clone(), None
+
+
+def _plain_first_conv(layer: nn.Module) -> bool:
+    return (type(layer) is nn.Conv2d and layer.in_channels == 1 and layer.groups == 1
+            and layer.bias is not None and layer.stride == (1, 1) and layer.dilation == (1, 1)
+            and layer.padding_mode == "zeros" and isinstance(layer.padding, tuple)
+            and len(set(layer.padding)) == 1 and layer.kernel_size[0] == layer.kernel_size[1]
+            and not (layer._forward_hooks or layer._forward_pre_hooks
+                     or layer._backward_hooks or getattr(layer, "_backward_pre_hooks", None)))
+
+
+def forward_of(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The training forward of a plain `nn.Sequential` CNN on the CPU whose first layer
+    convolves a one-channel image (`FirstConv` for that layer, the module's own layers after
+    it), or None when the model is anything else."""
+    if (type(model) is not nn.Sequential or len(model) < 2 or not _plain_first_conv(model[0])
+            or model[0].weight.device.type != "cpu"
+            or model._forward_hooks or model._forward_pre_hooks):
+        return None
+    first, rest = model[0], model[1:]
+    pad = first.padding[0]
+
+    def forward(xb: torch.Tensor) -> torch.Tensor:
+        return rest(FirstConv.apply(xb, first.weight, first.bias, pad))
+    return forward
