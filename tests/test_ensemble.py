@@ -164,7 +164,7 @@ def test_run_bench_smoke_tiny_sizes():
                               ensemble_train=128, ensemble_size=2, sgemm_n=128, threads=1,
                               hessian=False, contention=1)
     assert list(figures) == ["sgemm_gflops", "mlp_epoch_s", "mlp_floor_ratio",
-                             "conventional_epoch_s", "engine_vs_conventional", "cnn_epoch_s",
+                             "sgemm1_gflops", "mlp_floor1_ratio", "conventional_epoch_s", "engine_vs_conventional", "cnn_epoch_s",
                              "cnn_floor_ratio", "ensemble8_s", "sequential8_s",
                              "ensemble_ratio", "cnn_ensemble3_s", "cnn_sequential3_s",
                              "cnn_ensemble_ratio", "hessian_1k_s", "mlp_epoch_busy1_s",
@@ -172,6 +172,9 @@ def test_run_bench_smoke_tiny_sizes():
     assert figures["busy1_ratio"] == pytest.approx(
         figures["mlp_epoch_busy1_s"] / figures["mlp_epoch_s"], rel=1e-2)
     assert figures["hessian_1k_s"] is None
+    assert figures["mlp_floor1_ratio"] == pytest.approx(  # the same epoch, one core's ceiling
+        figures["mlp_floor_ratio"] * figures["sgemm1_gflops"] / figures["sgemm_gflops"],
+        rel=1e-2)
     assert all(v > 0 for k, v in figures.items() if k != "hessian_1k_s")
     assert figures["engine_vs_conventional"] == pytest.approx(
         figures["mlp_epoch_s"] / figures["conventional_epoch_s"], rel=1e-2)

@@ -4,13 +4,17 @@ All figures come from one process and one run, each the median of `repeats` meas
 within a repeat the compared variants run back to back (sgemm, engine epoch, conventional
 epoch, CNN epoch; then ensemble and sequential, alternating which goes first), and every
 ratio is the median of the per-repeat ratios, so the ratios hold on a machine whose load
-drifts. Torch uses all cores (`torch.set_num_threads(os.cpu_count())`) for every figure; the
-log says how many, and the load average at the start and the end.
+drifts. Torch is set to all cores (`torch.set_num_threads(os.cpu_count())`) for every figure;
+the engine then runs a small MLP step on one thread by its fixed rule (`train.threads`), so
+`mlp_epoch_s` is a one-core figure, compared with one core's ceiling in `mlp_floor1_ratio`. The
+log says the threads, and the load average at the start and the end.
 
     sgemm_gflops            float32 [2048x2048] @ [2048x2048], 2*n^3 FLOPs / median seconds
+    sgemm1_gflops           the same on one thread
     mlp_epoch_s             one 60,000-image epoch of the 784-128-64-10 MLP, batch 64, Adam
                             1e-3, with `engine.train` (no test evaluation)
     mlp_floor_ratio         mlp_epoch_s / (FLOPs / sgemm throughput)
+    mlp_floor1_ratio        mlp_epoch_s / (FLOPs / one-thread sgemm throughput)
     conventional_epoch_s    the same epoch written the usual way: a torch Dataset turning the
                             uint8 image into a normalized tensor per item (x.float()/255, then
                             (x-0.1307)/0.3081, as ToTensor + Normalize), DataLoader(batch 64,
@@ -47,42 +51,8 @@ cnn-b: MACs = 16*28*28*(1*9) + 32*14*14*(16*9) + 1568*128 + 128*10 = 1,218,048, 
 Biases, activations, pooling, loss and optimizer are left out (under 2% of the MACs); the
 first layer's unneeded input gradient is counted, so the floor is slightly generous.
 
-Measured here (2-core AMD EPYC shared with other engineers' jobs, load average 5-9, so
-every time is inflated; OMP_WAIT_POLICY=PASSIVE, 2 threads, 3 repeats), `dlscope bench --json
---suite`: sgemm 43.8 GFLOP/s, MLP epoch 1.79 s (2.06x its floor), conventional 5.31 s
-(engine/conventional 0.34), CNN epoch 19.3 s (2.85x), ensemble 0.95 s vs sequential 1.19 s
-(0.82), Hessian 2.5 s, suite 295 s. At 1 thread on the same load the MLP epoch takes 1.26 s
-(1.23x its floor; conventional 5.49 s, ratio 0.23; the previous engine 2.82 s).
-
-Where the time goes (torch.profiler tables: `profile_steps("mlp" | "cnn", fast=...)`):
-- MLP, previous engine (nn.Sequential + autograd + torch.optim.Adam(fused)): GEMMs (mm,
-  addmm) ~35-50%, Optimizer.step's Python ~7-12% around a fused kernel of 8-14%, the gather
-  7-12%, autograd nodes, t()/views, zero_grad the rest.
-- MLP, engine fast path (no autograd, backward written out, fused kernel called directly):
-  GEMMs ~70%, fused Adam ~7%, index_select ~5%, log_softmax/nll forward+backward ~7%. What
-  is left is arithmetic at about the sgemm rate at 1 thread; at 2 threads the 64-row GEMMs
-  and per-op thread wake-ups scale poorly (on this loaded machine 2 threads were slower than
-  1), which is why mlp_floor_ratio is ~2 at 2 threads and ~1.2 at 1.
-- CNN cnn-b, batch 100 (autograd path): convolution backward 33%, max_pool2d_with_indices
-  (NCHW) 19% + its backward 3-5%, convolution forward 16%, fc GEMMs 12%, ReLU forward and
-  backward 7%, fused Adam 3%. Before `fastpath.tune_malloc`, every multi-MB activation was
-  mmapped and page-faulted afresh each step (ReLU on 5 MB took 1.3-4.9 ms instead of 0.2).
-  The rest is oneDNN's efficiency on convolutions with 1 and 16 input channels; reaching 2x
-  the floor would need a different convolution (im2col + one large GEMM per layer, which
-  changes the numbers) or a fused ReLU/pool kernel, not less framework overhead.
-  Measured and not adopted: channels_last (pooling faster, convolution not; no clear gain
-  once malloc is tuned, and it changes the numbers by ~1e-5), pooling in channels_last with
-  conversions (5.0 -> 4.3 ms, not worth it), torch.compile (CNN 98 vs 41 ms a step, MLP 4.0
-  vs 1.7 ms, after 0.5-5 min of compilation: opt-in `engine.train(..., compile=True)` only).
-- Ensemble of 8 (bmm): baddbmm/bmm ~50%, gather of 512 random rows ~15%, fused Adam ~13%.
-  An ensemble does the same FLOPs as the sequential runs, so ensemble8_s >= FLOP floor and
-  ensemble_ratio >= floor / sequential8_s: once the engine's single runs run at 1.2-2x
-  their floor, the ratio cannot go below ~0.5-0.8. It is 0.77-0.85 here at 2 threads and
-  ~1.0 at 1 thread; against the previous engine's sequential runs it would be ~0.45.
-- Threads: at 2 threads on a loaded machine libgomp's spinning barriers make a 100-us op
-  wait for a descheduled thread (a 3 ms step took 30-100 ms, default OMP_WAIT_POLICY).
-  OMP_WAIT_POLICY=PASSIVE (set before Python starts) removes that; the log warns when the
-  load exceeds the cores.
+Dated measurements and where the time goes (torch.profiler tables: `profile_steps("mlp" |
+"cnn", fast=...)`) are in docs/PERFORMANCE.md.
 """
 
 from __future__ import annotations
@@ -105,6 +75,7 @@ import torch.nn.functional as F
 from dlscope import models
 from dlscope.train.engine import TrainConfig, seeded_model, train
 from dlscope.train.fastpath import tune_malloc
+from dlscope.train.threads import intra_op_threads
 
 Log = Callable[[str], None]
 MLP = "mlp:784-128-64-10"
@@ -367,12 +338,16 @@ def run_bench(repeats: int = 3, suite: bool = False, log: Log = print, *,  # noq
         rows: list[dict] = []
         for r in range(repeats):
             g = statistics.median(sgemm_gflops(sgemm_n) for _ in range(3))
+            with intra_op_threads(1):
+                g1 = statistics.median(sgemm_gflops(sgemm_n) for _ in range(3))
             t_mlp, t_conv, t_cnn = mlp(), conventional(r), cnn()
-            rows.append({"sgemm": g, "mlp": t_mlp, "conv": t_conv, "cnn": t_cnn,
+            rows.append({"sgemm": g, "sgemm1": g1, "mlp": t_mlp, "conv": t_conv, "cnn": t_cnn,
                          "mlp_floor": t_mlp / (mlp_flops / (g * 1e9)),
+                         "mlp_floor1": t_mlp / (mlp_flops / (g1 * 1e9)),
                          "cnn_floor": t_cnn / (cnn_flops / (g * 1e9)),
                          "eng_conv": t_mlp / t_conv})
-            log(f"bench: repeat {r + 1}/{repeats}: sgemm {g:.1f} GFLOP/s, MLP epoch "
+            log(f"bench: repeat {r + 1}/{repeats}: sgemm {g:.1f} GFLOP/s ({g1:.1f} on one "
+                f"thread), MLP epoch "
                 f"{t_mlp:.2f} s, conventional {t_conv:.2f} s, CNN epoch {t_cnn:.2f} s "
                 f"(load {_load()})")
 
@@ -407,6 +382,8 @@ def run_bench(repeats: int = 3, suite: bool = False, log: Log = print, *,  # noq
             "sgemm_gflops": _med(r["sgemm"] for r in rows),
             "mlp_epoch_s": _med(r["mlp"] for r in rows),
             "mlp_floor_ratio": _med(r["mlp_floor"] for r in rows),
+            "sgemm1_gflops": _med(r["sgemm1"] for r in rows),
+            "mlp_floor1_ratio": _med(r["mlp_floor1"] for r in rows),
             "conventional_epoch_s": _med(r["conv"] for r in rows),
             "engine_vs_conventional": _med(r["eng_conv"] for r in rows),
             "cnn_epoch_s": _med(r["cnn"] for r in rows),

@@ -1,5 +1,6 @@
 """One training step, three ways, behind one interface (`Step`), and `choose_step`, which
-picks the fastest one that computes exactly what plain autograd would.
+picks the fastest one that computes what plain autograd would (bit for bit for MLPs, to float
+tolerance for CNNs on the CPU).
 
 - `AutogradStep`: any model: forward, `loss.backward()`, optimizer. CNNs (channels-last on
   the CPU: equal to the reference to float tolerance) and models with hooks take it; so does
@@ -284,9 +285,9 @@ def choose_step(members: Sequence[nn.Module], classification: bool, x: torch.Ten
     one `StackedMLPStep` for two or more stackable MLPs, else one step per member (members
     one by one: each then equals its solo run bit for bit), `MLPStep` where it applies.
 
-    CNN members are not batched (grouped convolution or `torch.func.vmap` would change the
-    numbers against solo runs, and their steps are arithmetic-bound, so little overhead is
-    left to save); on the CPU they train channels-last. `fast=False` forces `AutogradStep`
+    CNN members are not batched: their steps are arithmetic-bound, and 3 cnn-b members as
+    grouped convolutions measured no faster than one by one (docs/PERFORMANCE.md); on the CPU
+    they train channels-last. `fast=False` forces `AutogradStep`
     with `torch.optim` and the module's own memory format (the reference path)."""
     if fast and not compile and len(members) > 1 and stackable(members, x):
         return [StackedMLPStep(members, classification, optimizers)]
