@@ -371,7 +371,7 @@ CASES = {
     "hooked mlp: autograd + fused kernel": (
         "mlp:12-8-4", blobs, hooked, TrainConfig(batch_size=50, epochs=3), {}),
     "cnn: autograd + fused kernel": (
-        "cnn:4/k3p1/fc8/in8", images, None, TrainConfig(lr=1e-2, batch_size=16, epochs=3), {}),
+        "cnn:16/k3p1/fc8/in8", images, None, TrainConfig(lr=1e-2, batch_size=16, epochs=3), {}),
 }
 
 
@@ -403,7 +403,7 @@ def test_new_train_equals_the_old_engine_bit_for_bit(case):
 
 
 def test_an_ensemble_of_cnns_is_its_members_trained_alone_by_the_old_engine():
-    data, spec = images(), "cnn:4/k3p1/fc8/in8"
+    data, spec = images(), "cnn:16/k3p1/fc8/in8"
     cfgs = [TrainConfig(lr=1e-2, batch_size=16, epochs=2),
             TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9, batch_size=16, epochs=3)]
     res = train_ensemble([spec, spec], data, cfgs, [1, 2], record_grad_norm=True)

@@ -107,7 +107,8 @@ class AutogradStep(_OneModel):
     kernel does not apply, or with `fused=False`). `compile=True` runs the model through
     `torch.compile` (opt-in; docs/PERFORMANCE.md has the measurement). `channels_last=True`
     stores a CNN's convolution weights channels-last, so oneDNN convolves and pools in NHWC,
-    and runs a one-channel first convolution as one GEMM (`cnnfast.FirstConv`); on the CPU a
+    and runs a one-channel first convolution into 16 or more channels as one GEMM
+    (`cnnfast.FirstConv`); on the CPU a
     cnn-b step took 16 instead of 26 ms (docs/PERFORMANCE.md), the same numbers to float
     tolerance, not bit for bit: the convolutions sum in another order."""
 
