@@ -32,7 +32,10 @@ def train(model: nn.Module, data, cfg: TrainConfig, seed: int, *,
     `fast=False` takes the plain autograd + `torch.optim` path (same numbers; for tests and
     comparisons); `compile=True` runs the model through `torch.compile` on the autograd path
     (opt-in, not a default: see docs/PERFORMANCE.md). Which step trains the model:
-    `steps.choose_step`; when training stops and what the result records: `rules`.
+    `steps.choose_step`; when training stops and what the result records: `rules`. A CNN
+    trained on the CPU (fast path) comes back with channels-last convolution weights: the
+    same values, another memory layout (`model.to(memory_format=torch.contiguous_format)`
+    restores the default).
     """
     tune_malloc()
     x = data.x_train
