@@ -2,7 +2,6 @@
 the dense Hessian (metrics.hessian.full_hessian, checked itself against finite differences in
 test_hessian.py), closed forms and the known variance of the estimators."""
 
-import itertools
 import json
 import math
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
+from test_hessian import tanh_net  # the same small tanh MLPs as the Hessian tests
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -27,14 +27,6 @@ from dlscope.metrics import (
 
 mse = nn.functional.mse_loss
 ce = nn.functional.cross_entropy
-
-
-def tanh_net(sizes, seed=0):
-    torch.manual_seed(seed)
-    layers = []
-    for a, b in itertools.pairwise(sizes):
-        layers += [nn.Linear(a, b), nn.Tanh()]
-    return nn.Sequential(*layers[:-1])
 
 
 @pytest.fixture(scope="module")

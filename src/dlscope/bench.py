@@ -289,9 +289,10 @@ def run_bench(repeats: int = 3, suite: bool = False, log: Log = print, *,  # noq
         load1 = os.getloadavg()[0]
     except OSError:
         load1 = 0.0
-    if threads > 1 and load1 > cores and os.environ.get("OMP_WAIT_POLICY", "").lower() != "passive":
-        log("bench: the machine is busier than its cores; with several torch threads, OpenMP's "
-            "spinning barriers can stall small ops (start with OMP_WAIT_POLICY=PASSIVE)")
+    if threads > 1 and load1 > cores:  # docs/PERFORMANCE.md: the contention study
+        log("bench: the machine is busier than its cores; the multi-threaded figures (sgemm, "
+            "CNN, ensembles, conventional loop) stall when another process holds a core, so "
+            "their times and ratios are not the idle machine's")
     try:
         quiet = lambda _msg: None
         flat = data.mnist_dataset(data.MnistOptions(flatten=True), log=quiet)

@@ -15,7 +15,9 @@ import os
 # cores (a shared laptop, CI, pool workers plus anything else) a 2-thread MLP epoch was once
 # measured at 160 s instead of 0.6 s. A short spin then sleep keeps the idle-machine speed and
 # bounds the busy case (docs/PERFORMANCE.md); OMP_WAIT_POLICY=PASSIVE bounds it better but
-# costs ~4x on an idle machine. libgomp reads it once, when torch loads it (`import torch`),
+# costs ~4x on an idle machine. Small training steps no longer depend on it (they run on one
+# thread: dlscope.train.threads); it still matters for multi-threaded ones (CNNs, stacked
+# ensembles). libgomp reads it once, when torch loads it (`import torch`),
 # so it must be in the environment before that; an explicit setting by the user wins.
 GOMP_SPINCOUNT = "100000"
 
