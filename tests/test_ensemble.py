@@ -11,6 +11,7 @@ from dlscope import bench, models
 from dlscope.data import Dataset
 from dlscope.train.engine import TrainConfig, seeded_model, train
 from dlscope.train.ensemble import StackedMLP, train_ensemble, unstack
+from dlscope.train.fastpath import batch_last_wins
 
 
 def classification_data(n=800, d=24, k=5, seed=0) -> Dataset:
@@ -81,6 +82,22 @@ def test_ensemble_regression_full_batch_tanh():
     res = train_ensemble([spec, spec], data, cfgs, [3, 4])
     for e in range(2):
         assert_same_run(res[e], res.models[e], *solo(spec, data, cfgs[e], [3, 4][e]))
+
+
+def test_narrow_nets_on_long_batches_step_batch_last_and_equal_their_solo_runs():
+    # function-fit's case (1-D input, full batch of 400 points) and a classification one
+    # (24 inputs, batch 256): both take the [E, features, B] layout
+    reg, cls = regression_data(400), classification_data(n=768, d=24, k=5)
+    for spec, data, bs in [("mlp:1-17-8-8-1", reg, None), ("mlp:24-16-5", cls, 256)]:
+        assert batch_last_wins(StackedMLP([models.build(spec)]).W, bs or len(data.x_train))
+        cfgs = [TrainConfig(lr=1e-2, batch_size=bs, epochs=8),
+                TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9, batch_size=bs, epochs=8)]
+        res = train_ensemble([spec] * 2, data, cfgs, [0, 1])
+        for e in range(2):
+            assert_same_run(res[e], res.models[e], *solo(spec, data, cfgs[e], e))
+    # wider nets, or short batches, keep [E, B, features]
+    assert not batch_last_wins([torch.zeros(3, 32, 1)], 1000)
+    assert not batch_last_wins([torch.zeros(3, 16, 1)], 64)
 
 
 def test_members_stop_on_their_own_rules_and_the_others_go_on():

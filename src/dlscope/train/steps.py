@@ -9,8 +9,9 @@ tolerance for CNNs on the CPU).
   backward written out with the ATen kernels autograd would call, gradients into
   preallocated `.grad` tensors. Same numbers as `AutogradStep`, bit for bit on this build.
 - `StackedMLPStep`: E same-shape plain MLPs at once (`stacked.StackedMLP`), with baddbmm and
-  bmm. A member equals its solo run to float tolerance, not bit for bit: batched and single
-  matmuls sum in different orders.
+  bmm (narrow nets on long batches with the batch as the last dimension,
+  `fastpath.batch_last_wins`). A member equals its solo run to float tolerance, not bit for
+  bit: batched and single matmuls sum in different orders.
 
 Per-step overhead, not arithmetic, dominates small trainings on a CPU, so the fast steps do
 only what they must: no autograd graph, the optimizer's fused kernel called directly
@@ -34,6 +35,7 @@ from torch import nn
 from dlscope.train import cnnfast
 from dlscope.train.evaluation import evaluate, grad_norm, loss_function
 from dlscope.train.fastpath import (
+    batch_last_wins,
     loss_and_grad,
     mlp_backward,
     mlp_chain,
@@ -229,9 +231,15 @@ class StackedMLPStep:
     def forward_backward(self, xb, yb, loss_out, pred_out) -> None:
         st = self.stacked
         a = xb.reshape(*xb.shape[:2], -1) if st.flatten else xb
-        out, saved = mlp_forward(st.W, st.b, st.acts, a)
-        g = stacked_loss_and_grad(out, yb, self.classification, self.one, loss_out)
-        mlp_backward(st.W, st.acts, saved, g, self.gW, self.gb)
+        if batch_last_wins(st.W, a.shape[1]):  # [E, features, B] throughout
+            out, saved = mlp_forward(st.W, st.b, st.acts, a.mT, batch_last=True)
+            out = out.mT.contiguous()
+            g = stacked_loss_and_grad(out, yb, self.classification, self.one, loss_out)
+            mlp_backward(st.W, st.acts, saved, g.mT, self.gW, self.gb, batch_last=True)
+        else:
+            out, saved = mlp_forward(st.W, st.b, st.acts, a)
+            g = stacked_loss_and_grad(out, yb, self.classification, self.one, loss_out)
+            mlp_backward(st.W, st.acts, saved, g, self.gW, self.gb)
         if pred_out is not None:
             torch.argmax(out, 2, out=pred_out)
 
