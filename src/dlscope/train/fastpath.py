@@ -4,6 +4,9 @@ MLPs (one model, or E stacked same-shape models), and a malloc setting for CNN a
 Each function calls the very ATen kernels autograd and `torch.nn.functional` would call, in
 the same order, so a step built from them gives the same numbers as the autograd path
 (tests/test_engine.py compares them bit for bit); it only removes per-step framework work.
+The one exception is the stacked batch-last layout (`batch_last_wins`), which multiplies
+``W a`` where autograd would multiply ``a Wᵀ``: stacked members equal their solo runs to float
+tolerance either way (tests/test_ensemble.py).
 """
 
 from __future__ import annotations
