@@ -5,7 +5,8 @@ order) and optionally its own optimizer settings, trained by the fastest exact r
 stacked into one `StackedMLPStep` (one baddbmm/bmm per layer for all members; each member then
 equals its solo run to float tolerance, not bit for bit, because batched and single matmuls
 sum in different orders); anything else (CNNs, hooked models, mixed shapes) trains member by
-member through the same loop, each equal to its solo run bit for bit. Either way member e's
+member through the same loop, each equal to its solo run bit for bit, unless `group_cnns=True`
+asks for same-shape CNNs as one grouped network (`train.grouped`, float tolerance). Either way member e's
 result is what `engine.train(members[e], data, cfgs[e], seeds[e], ...)` would give:
 
 - initialization: a member is built as ``engine.seeded_model(lambda: models.build(spec), seed)``
@@ -62,7 +63,8 @@ def train_ensemble(members: Sequence[nn.Module | models.MLPSpec | str | dict], d
                    cfgs: TrainConfig | Sequence[TrainConfig], seeds: Sequence[int], *,
                    on_epoch: Sequence[OnEpoch | None] | OnEpoch | None = None,
                    record_grad_norm: bool = False,
-                   progress: Callable[[int], None] | None = None) -> EnsembleResults:
+                   progress: Callable[[int], None] | None = None,
+                   group_cnns: bool = False) -> EnsembleResults:
     """Train N members of one architecture; member e's result equals `engine.train(members[e],
     data, cfgs[e], seeds[e], ...)` (to float tolerance when stacked, else exactly).
 
@@ -72,7 +74,9 @@ def train_ensemble(members: Sequence[nn.Module | models.MLPSpec | str | dict], d
     callback `(epoch, model, metrics)` per member (or None), or a single one given to every
     member; it sees that member's module holding the current parameters. `progress(epoch)` is
     called after every epoch of the loop. Each result's `wall_s` is the member's share of the
-    ensemble's wall time (`loop.fit`).
+    ensemble's wall time (`loop.fit`). `group_cnns=True` steps same-shape CNN members as one
+    grouped network (`train.grouped`; equal to their solo runs to float tolerance; measured
+    no faster on the CPU, so off by default).
     """
     t0 = time.perf_counter()
     tune_malloc()
@@ -93,7 +97,7 @@ def train_ensemble(members: Sequence[nn.Module | models.MLPSpec | str | dict], d
         raise ValueError(f"ensemble members must share a batch size, got {sorted(sizes)}")
     bs = sizes.pop()
     steps = choose_step(nets, data.n_classes is not None, x,
-                        [c.optimizer_settings() for c in cfgs])
+                        [c.optimizer_settings() for c in cfgs], group_cnns=group_cnns)
     results: list[TrainResult] = []
     for step in steps:  # one stacked step for all members, or one step per member
         part = slice(len(results), len(results) + step.size)

@@ -42,6 +42,7 @@ from dlscope.train.fastpath import (
     mlp_forward,
     stacked_loss_and_grad,
 )
+from dlscope.train.grouped import GroupedCNNStep, groupable
 from dlscope.train.optim import FusedOptimizer, torch_optimizer
 from dlscope.train.stacked import StackedMLP, evaluate_stacked
 from dlscope.train.threads import step_threads
@@ -289,17 +290,20 @@ def stackable(members: Sequence[nn.Module], x: torch.Tensor) -> bool:
 
 def choose_step(members: Sequence[nn.Module], classification: bool, x: torch.Tensor,
                 optimizers: Sequence[dict], *, fast: bool = True,
-                compile: bool = False) -> list[Step]:
+                compile: bool = False, group_cnns: bool = False) -> list[Step]:
     """The steps that train `members` (each with its optimizer settings) on inputs like `x`:
     one `StackedMLPStep` for two or more stackable MLPs, else one step per member (members
     one by one: each then equals its solo run bit for bit), `MLPStep` where it applies.
 
-    CNN members are not batched: their steps are arithmetic-bound, and 3 cnn-b members as
-    grouped convolutions measured no faster than one by one (docs/PERFORMANCE.md); on the CPU
-    they train channels-last. `fast=False` forces `AutogradStep`
+    CNN members go one by one unless `group_cnns=True` asks for one `grouped.GroupedCNNStep`
+    (equal to the solo runs to float tolerance): their steps are arithmetic-bound, and 3 cnn-b
+    members grouped measured no faster than one by one on the CPU (docs/PERFORMANCE.md); on
+    the CPU they train channels-last. `fast=False` forces `AutogradStep`
     with `torch.optim` and the module's own memory format (the reference path)."""
     if fast and not compile and len(members) > 1 and stackable(members, x):
         return [StackedMLPStep(members, classification, optimizers)]
+    if fast and not compile and group_cnns and groupable(members, x):
+        return [GroupedCNNStep(members, classification, optimizers)]
     steps: list[Step] = []
     for m, settings in zip(members, optimizers):
         if fast and not compile and stackable([m], x):
