@@ -150,7 +150,7 @@ def old_train(model: nn.Module, data, cfg: TrainConfig, seed: int, *,
     trajectories include the initial point) and after every epoch.
     `fast=False` takes the plain autograd + `torch.optim` path (same numbers; for tests and
     comparisons); `compile=True` runs the model through `torch.compile` on the autograd path
-    (opt-in: on this CPU it was measured slower for the course's small models, see bench.py).
+    (opt-in: on this CPU it was measured slower for the course's small models, see docs/PERFORMANCE.md).
     """
     t0 = time.perf_counter()
     tune_malloc()
