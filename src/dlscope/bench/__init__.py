@@ -33,8 +33,8 @@ log says the threads, and the load average at the start and the end.
     hessian_1k_s            `metrics.hessian.hessian_eigenvalues` of a 1-w1-w-1 MLP with ~1,000
                             parameters (models.width_for_params(2, 1000)) on 1,000 points of
                             sinc, MSE: exact float64 Hessian and its full spectrum
-    cnn_ensemble3_s         3 cnn-b members (seeds 0-2) on 3,000 images, one epoch, trained as
-                            one request (`train_ensemble`)
+    cnn_ensemble3_s         3 cnn-b members (seeds 0-2) on 3,000 images, one epoch, trained
+                            together as one grouped network (`train_ensemble(group_cnns=True)`)
     cnn_sequential3_s       the same 3 one after the other with `engine.train`
     cnn_ensemble_ratio      cnn_ensemble3_s / cnn_sequential3_s
     mlp_epoch_busy{k}_s     (--contention N, k = 1..N) mlp_epoch_s with k busy-loop processes

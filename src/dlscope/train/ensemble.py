@@ -6,8 +6,9 @@ stacked into one `StackedMLPStep` (one baddbmm/bmm per layer for all members; ea
 equals its solo run to float tolerance, not bit for bit, because batched and single matmuls
 sum in different orders); anything else (CNNs, hooked models, mixed shapes) trains member by
 member through the same loop, each equal to its solo run bit for bit, unless `group_cnns=True`
-asks for same-shape CNNs as one grouped network (`train.grouped`, float tolerance). Either way member e's
-result is what `engine.train(members[e], data, cfgs[e], seeds[e], ...)` would give:
+asks for same-shape CNNs as one grouped network (`train.grouped`, float tolerance). Either
+way member e's result is what `engine.train(members[e], data, cfgs[e], seeds[e], ...)` would
+give:
 
 - initialization: a member is built as ``engine.seeded_model(lambda: models.build(spec), seed)``
   (or passed in built);
