@@ -20,9 +20,17 @@ def finished(runs_dir):
         if runs_dir.exists() else []
 
 
+# The command as a terminal starts it: a shell without job control (CI's, or `cmd &` in a
+# script) starts background commands with SIGINT ignored, and an ignored SIGINT stays ignored
+# in every child, so Ctrl-C never arrived and the sweep ran to its end (exit 0).
+AS_FROM_A_TERMINAL = ("import runpy, signal, sys; "
+                      "signal.signal(signal.SIGINT, signal.default_int_handler); "
+                      "sys.argv[0] = 'dlscope'; runpy.run_module('dlscope.cli', run_name='__main__')")
+
+
 def start(out):
-    return subprocess.Popen([sys.executable, "-m", "dlscope.cli", "run", "function-fit", *ARGS,
-                             "--out", str(out)], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-c", AS_FROM_A_TERMINAL, "run", "function-fit",
+                             *ARGS, "--out", str(out)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -34,28 +42,16 @@ def wait_for(runs_dir, n, proc, timeout=120):
         time.sleep(0.1)
 
 
-def ctrl_c(proc, tries=5):
-    """Ctrl-C, pressed again after 2 s while the process still runs, as a user would. A
-    KeyboardInterrupt raised where Python cannot propagate it (a finalizer reports it as
-    "Exception ignored" and drops it) is lost; once, in a full-suite run on 2026-12-02, the
-    sweep went on after one SIGINT and ended with exit code 0."""
-    for _ in range(tries - 1):
-        proc.send_signal(signal.SIGINT)
-        try:
-            return proc.communicate(timeout=2)
-        except subprocess.TimeoutExpired:
-            continue
-    proc.send_signal(signal.SIGINT)
-    return proc.communicate(timeout=60)
-
-
 def test_interrupted_sweep_resumes(tmp_path):
     out = tmp_path / "out"
     runs_dir = out / "function-fit" / "runs"
     proc = start(out)
     wait_for(runs_dir, 1, proc)
-    _, err = ctrl_c(proc)
-    assert proc.returncode == 130 and "finished runs are kept" in err
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "finished runs are kept" in err, (
+        f"exit {proc.returncode}; SIGINT here: {signal.getsignal(signal.SIGINT)}, blocked: "
+        f"{signal.pthread_sigmask(signal.SIG_BLOCK, [])}; child's stderr: {err[-1500:]}")
     first = {p.name: (p / "result.json").stat().st_mtime_ns for p in finished(runs_dir)}
     assert first
 
