@@ -42,9 +42,10 @@ QUESTION = ("With the same number of parameters, does a deeper fully connected n
 INIT = "PyTorch default (weights and biases U(±1/√fan_in))"
 COLLAPSE = 0.01        # collapsed: std of the prediction below this fraction of the target's
 MIN_EPOCHS = 10_000    # fewer full-batch steps than this: under-trained, no verdict
-# The stacked ensemble pays off for narrow nets (17-8x6: 1.6-1.8x faster
-# than one by one) but not for a wide single hidden layer (1-183-1: 2-2.5x slower, the
-# [E, n, 1] x [E, 1, 183] batched matmul), both measured under load; wider nets go one by one.
+# The stacked ensemble pays off for narrow nets and not for a wide single hidden layer
+# (1,000 points, one thread, idle, engine 3, ms a net and step, stacked vs one by one:
+# 17-8x6 0.23-0.32 vs 0.92-0.95, 11-17-17 0.25-0.31 vs 0.60-0.64, 183 wide 1.81-1.84 vs 0.58-0.66),
+# so nets wider than this go one by one.
 ENSEMBLE_MAX_WIDTH = 64
 SOURCE = "Eldan & Shamir 2016 (arXiv:1512.03965); HW1 1-1 (SCIENCE.md §1)"
 
