@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlscope.train.optim import FusedOptimizer
+from dlscope.train.optim import FusedOptimizer, MemberOptimizers
+from dlscope.train.stacked import member_means
 
 _CHANNELWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.MaxPool2d, nn.AvgPool2d)
 
@@ -99,12 +100,7 @@ class GroupedCNNStep:
                 continue
             self.stacked.append([w.requires_grad_(), b.requires_grad_()])
         self._collect()
-        self.groups: dict[tuple, list[int]] = {}  # hyperparameters -> member positions
-        for j, settings in enumerate(optimizers):
-            self.groups.setdefault(tuple(sorted(settings.items())), []).append(j)
-        self.opts = {key: FusedOptimizer(self._views(js, self.leaves), members=len(js),
-                                         **dict(key))
-                     for key, js in self.groups.items()}
+        self.opt = MemberOptimizers(optimizers, lambda js: self._views(js, self.leaves))
 
     @property
     def size(self) -> int:
@@ -174,8 +170,7 @@ class GroupedCNNStep:
 
     def update(self) -> None:
         grads = self._grads()
-        for key, opt in self.opts.items():
-            opt.step(self._views(self.groups[key], grads))
+        self.opt.step(lambda js: self._views(js, grads))
 
     def threads(self, batch_size: int) -> int | None:
         return None
@@ -194,10 +189,7 @@ class GroupedCNNStep:
             total += self._losses(out, yb_e, "sum").double()
             if self.classification:
                 correct += (out.argmax(2) == yb_e).sum(1)
-        n = len(x)
-        loss = (total / (n * (1 if self.classification else y[0].numel()))).tolist()
-        acc = [c / n for c in correct.tolist()] if self.classification else [None] * E
-        return loss, acc
+        return member_means(total, correct, x, y, self.classification)
 
     @torch.no_grad()
     def module(self, j: int) -> nn.Module:
@@ -220,11 +212,4 @@ class GroupedCNNStep:
                 pair[i] = kept.clone().requires_grad_()
         self.templates = [self.templates[j] for j in positions]
         self._collect()
-        new_position = {old: new for new, old in enumerate(positions)}
-        groups, opts = {}, {}
-        for key, js in self.groups.items():
-            kept = [i for i, j in enumerate(js) if j in new_position]
-            if kept:
-                groups[key] = [new_position[js[i]] for i in kept]
-                opts[key] = self.opts[key].select(kept, self._views(groups[key], self.leaves))
-        self.groups, self.opts = groups, opts
+        self.opt.keep(positions, lambda js: self._views(js, self.leaves))

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -106,3 +106,35 @@ class FusedOptimizer:
         elif self.momentum_buffer is not None:
             new.momentum_buffer = [self.momentum_buffer[i] for i in sel]
         return new
+
+
+Tensors = Callable[[list[int]], list[torch.Tensor]]  # member positions -> their tensors
+
+
+class MemberOptimizers:
+    """The optimizers of members stepped together: one `FusedOptimizer` per group of members
+    that share hyperparameters (the kernel takes one scalar lr). `tensors_of(positions)` gives
+    those members' parameter tensors, member after member."""
+
+    def __init__(self, settings: Sequence[dict], tensors_of: Tensors):
+        self.groups: dict[tuple, list[int]] = {}  # hyperparameters -> member positions
+        for j, member_settings in enumerate(settings):
+            self.groups.setdefault(tuple(sorted(member_settings.items())), []).append(j)
+        self.opts = {key: FusedOptimizer(tensors_of(js), members=len(js), **dict(key))
+                     for key, js in self.groups.items()}
+
+    def step(self, grads_of: Tensors) -> None:
+        for key, opt in self.opts.items():
+            opt.step(grads_of(self.groups[key]))
+
+    def keep(self, positions: Sequence[int], tensors_of: Tensors) -> None:
+        """Go on with the members at `positions` only, renumbered in that order, each with its
+        state; `tensors_of` gives their tensors at the new positions."""
+        new_position = {old: new for new, old in enumerate(positions)}
+        groups, opts = {}, {}
+        for key, js in self.groups.items():
+            kept = [i for i, j in enumerate(js) if j in new_position]  # index in the group
+            if kept:
+                groups[key] = [new_position[js[i]] for i in kept]
+                opts[key] = self.opts[key].select(kept, tensors_of(groups[key]))
+        self.groups, self.opts = groups, opts

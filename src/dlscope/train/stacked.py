@@ -102,7 +102,14 @@ def evaluate_stacked(stacked: StackedMLP, x: torch.Tensor, y: torch.Tensor,
             correct += (out.argmax(2) == yb).sum(1)
         else:
             total += (out - yb).pow(2).flatten(1).sum(1).double()
+    return member_means(total, correct, x, y, classification)
+
+
+def member_means(total: torch.Tensor, correct: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                 classification: bool) -> tuple[list, list]:
+    """Per-member (mean loss, accuracy or None) from summed losses ``[E]`` and correct counts
+    ``[E]`` over the set (x, y); a regression loss is averaged over every output too."""
     n = len(x)
     loss = (total / (n * (1 if classification else y[0].numel()))).tolist()
-    acc = [c / n for c in correct.tolist()] if classification else [None] * E
+    acc = [c / n for c in correct.tolist()] if classification else [None] * len(loss)
     return loss, acc

@@ -43,7 +43,7 @@ from dlscope.train.fastpath import (
     stacked_loss_and_grad,
 )
 from dlscope.train.grouped import GroupedCNNStep, groupable
-from dlscope.train.optim import FusedOptimizer, torch_optimizer
+from dlscope.train.optim import FusedOptimizer, MemberOptimizers, torch_optimizer
 from dlscope.train.stacked import StackedMLP, evaluate_stacked
 from dlscope.train.threads import step_threads
 
@@ -209,11 +209,7 @@ class StackedMLPStep:
         self.stacked = st = StackedMLP(members)
         self.classification = classification
         self.one = torch.ones((), dtype=st.W[0].dtype, device=st.W[0].device)
-        self.groups: dict[tuple, list[int]] = {}  # hyperparameters -> stack positions
-        for j, settings in enumerate(optimizers):
-            self.groups.setdefault(tuple(sorted(settings.items())), []).append(j)
-        self.opts = {key: FusedOptimizer(self._params(js), members=len(js), **dict(key))
-                     for key, js in self.groups.items()}
+        self.opt = MemberOptimizers(optimizers, self._params)
         self._new_grads()
 
     @property
@@ -226,21 +222,19 @@ class StackedMLPStep:
     def _new_grads(self) -> None:
         self.gW = [torch.empty_like(w) for w in self.stacked.W]
         self.gb = [torch.empty_like(b) for b in self.stacked.b]
-        self.grads = {key: self._params(js, [self.gW, self.gb])
-                      for key, js in self.groups.items()}
+        self.grads = {tuple(js): self._params(js, [self.gW, self.gb])  # views, made once
+                      for js in self.opt.groups.values()}
 
     def forward_backward(self, xb, yb, loss_out, pred_out) -> None:
         st = self.stacked
         a = xb.reshape(*xb.shape[:2], -1) if st.flatten else xb
-        if batch_last_wins(st.W, a.shape[1]):  # [E, features, B] throughout
-            out, saved = mlp_forward(st.W, st.b, st.acts, a.mT, batch_last=True)
+        last = batch_last_wins(st.W, a.shape[1])  # then [E, features, B] throughout
+        out, saved = mlp_forward(st.W, st.b, st.acts, a.mT if last else a, batch_last=last)
+        if last:
             out = out.mT.contiguous()
-            g = stacked_loss_and_grad(out, yb, self.classification, self.one, loss_out)
-            mlp_backward(st.W, st.acts, saved, g.mT, self.gW, self.gb, batch_last=True)
-        else:
-            out, saved = mlp_forward(st.W, st.b, st.acts, a)
-            g = stacked_loss_and_grad(out, yb, self.classification, self.one, loss_out)
-            mlp_backward(st.W, st.acts, saved, g, self.gW, self.gb)
+        g = stacked_loss_and_grad(out, yb, self.classification, self.one, loss_out)
+        mlp_backward(st.W, st.acts, saved, g.mT if last else g, self.gW, self.gb,
+                     batch_last=last)
         if pred_out is not None:
             torch.argmax(out, 2, out=pred_out)
 
@@ -250,8 +244,7 @@ class StackedMLPStep:
         return torch.linalg.vector_norm(torch.stack(per), dim=0)
 
     def update(self) -> None:
-        for key, opt in self.opts.items():
-            opt.step(self.grads[key])
+        self.opt.step(lambda js: self.grads[tuple(js)])
 
     def threads(self, batch_size: int) -> int | None:
         return step_threads(self.stacked.W, batch_size)
@@ -264,14 +257,7 @@ class StackedMLPStep:
 
     def keep(self, positions: Sequence[int]) -> None:
         self.stacked.select(positions)
-        new_position = {old: new for new, old in enumerate(positions)}
-        groups, opts = {}, {}
-        for key, js in self.groups.items():
-            kept = [i for i, j in enumerate(js) if j in new_position]  # index in the group
-            if kept:
-                groups[key] = [new_position[js[i]] for i in kept]
-                opts[key] = self.opts[key].select(kept, self._params(groups[key]))
-        self.groups, self.opts = groups, opts
+        self.opt.keep(positions, self._params)
         self._new_grads()
 
 
