@@ -215,7 +215,7 @@ def test_methods_are_linked_and_copied(results, page):
     _, p = page
     assert p.hrefs.count("METHODS.md") == 2                 # header and footer
     copy = (results / "METHODS.md").read_text()
-    assert copy == (Path(__file__).parents[1] / "docs" / "METHODS.md").read_text()
+    assert copy == (Path(__file__).parents[2] / "docs" / "METHODS.md").read_text()
     for name in experiments.REGISTRY:                         # a section per experiment
         assert f"### {name}" in copy
 

@@ -13,7 +13,7 @@ from dlscope.cli import app
 from dlscope.execution import config as configs
 from dlscope.execution import configdoc
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NAMES = experiments.available()
 
 

@@ -27,7 +27,7 @@ from dlscope.execution.runspec import RunContext, RunSpec, execute
 from dlscope.experiments import registry
 from dlscope.report import build_report
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "CONTRACT.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "CONTRACT.md"
 MODULE = "toy_width"
 NAME = "toy-width"
 
