@@ -11,8 +11,9 @@ from __future__ import annotations
 # Importing dlscope changes no process-wide state (environment, umask, matplotlib backend):
 # the OpenMP setting the CLI and the pool workers want is made there, in
 # dlscope.execution.process_env.
+from dlscope.version import __version__
 
-__version__ = "0.1.0"
+__all__ = ["__version__", "config_of", "load", "run"]
 
 
 def run(name, profile: str = "assignment", out="runs", *, executor: str = "auto",
@@ -24,7 +25,7 @@ def run(name, profile: str = "assignment", out="runs", *, executor: str = "auto"
     dlscope.experiments.register)."""
     from types import ModuleType
 
-    from dlscope.execution.runner import run_experiment
+    from dlscope.driver.runner import run_experiment
 
     if isinstance(name, ModuleType):
         from dlscope import experiments
@@ -48,7 +49,7 @@ def config_of(name: str):
 
 def load(path):
     """A finished results folder as an ExperimentResult (or a dict of them for an OUT folder)."""
-    from dlscope.execution.result import load as _load
+    from dlscope.driver.result import load as _load
 
     return _load(path)
 

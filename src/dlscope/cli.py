@@ -17,8 +17,8 @@ from typing import List, Optional
 
 import typer
 
-from dlscope import __version__
 from dlscope.errors import UserError
+from dlscope.version import __version__
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="The classic experiments on how deep networks learn and generalize.")
@@ -93,7 +93,7 @@ def show(name: Optional[str] = typer.Argument(None, help="an experiment (see `dl
                                        "Markdown (docs/CONFIG.md)")):
     """An experiment's question, setting and config keys (type, default, quick, range)."""
     from dlscope import experiments
-    from dlscope.execution import configdoc
+    from dlscope.driver import configdoc
 
     if markdown:
         typer.echo(configdoc.markdown([experiments.get(n) for n in experiments.available()]),
@@ -130,7 +130,7 @@ def run(name: str = typer.Argument(..., help="an experiment (see `dlscope list`)
         ray_address: Optional[str] = typer.Option(None, help="Ray cluster address"),
         plugin: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP)):
     """Run one experiment (or all of them, then the report)."""
-    from dlscope.execution.runner import run_experiment
+    from dlscope.driver.runner import run_experiment
 
     _plugins(plugin)
     options = {"address": ray_address} if ray_address else {}
@@ -143,7 +143,7 @@ def run(name: str = typer.Argument(..., help="an experiment (see `dlscope list`)
         return
     if config is not None or set_:
         raise UserError("run all: --config and --set apply to one experiment; run it by name")
-    from dlscope.execution.suite import run_all
+    from dlscope.driver.suite import run_all
 
     failed = run_all(**common)
     if failed:
@@ -205,7 +205,7 @@ def _run_help_table(argv: list[str]) -> str | None:
     if len(argv) < 3 or argv[0] != "run" or not ({"--help", "-h"} & set(argv)):
         return None
     from dlscope import experiments
-    from dlscope.execution import configdoc
+    from dlscope.driver import configdoc
 
     if argv[1] not in experiments.available():
         return None
@@ -252,7 +252,7 @@ def main() -> None:
             _interrupted()
         if debug:
             raise
-        from dlscope.execution.runner import RunsFailed
+        from dlscope.driver.runner import RunsFailed
 
         if isinstance(exc, RunsFailed):
             typer.echo(f"error: {_one_line(exc)}", err=True)

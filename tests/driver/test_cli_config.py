@@ -7,7 +7,7 @@ import pytest
 
 from dlscope import experiments
 from dlscope.errors import UserError
-from dlscope.execution import config
+from dlscope.contract import config
 
 FF = experiments.get("function-fit")
 

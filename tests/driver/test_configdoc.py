@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 import dlscope
 from dlscope import experiments
 from dlscope.cli import app
-from dlscope.execution import config as configs
-from dlscope.execution import configdoc
+from dlscope.contract import config as configs
+from dlscope.driver import configdoc
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = experiments.available()

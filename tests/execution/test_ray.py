@@ -29,10 +29,10 @@ from pydantic import Field
 
 import dlscope
 from dlscope import experiments
+from dlscope.contract.config import ExperimentConfig
+from dlscope.contract.runspec import RunResult, RunSpec
 from dlscope.errors import UserError
 from dlscope.execution import runner
-from dlscope.execution.config import ExperimentConfig
-from dlscope.execution.runspec import RunResult, RunSpec
 
 try:
     import ray
@@ -63,11 +63,11 @@ PROBE_DATA = {"kind": "function", "spec": "sinc", "n_train": 8, "n_test": 4, "se
 
 
 def runs(cfg: Config) -> list[RunSpec]:
-    return [RunSpec(NAME, f"{i}:{m}", f"{__name__}:probe", {"i": i, "mode": m, "dir": cfg.dir})
-            for i, m in enumerate(cfg.modes)]
+    return [RunSpec(NAME, f"{i}:{m}", __name__, {"i": i, "mode": m, "dir": cfg.dir},
+                    data=PROBE_DATA) for i, m in enumerate(cfg.modes)]
 
 
-def probe(p: dict, ctx) -> RunResult:
+def run_one(p: dict, ctx) -> RunResult:
     """ok: return at once; slow: wait for the `release` file; killed: on the first attempt
     write this pid and sleep (the test kills it); error: raise; crash: exit the process."""
     d, i, mode = Path(p["dir"]), p["i"], p["mode"]

@@ -7,7 +7,7 @@ import sys
 import time
 
 import dlscope
-from dlscope.execution.runspec import RunResult, RunSpec
+from dlscope.contract.runspec import RunResult, RunSpec
 from dlscope.execution.store import Store
 
 ARGS = ["--profile", "quick", "--set", "epochs=1000", "--set", "converge_window=5000",

@@ -23,7 +23,7 @@ import torch
 import dlscope
 from dlscope import experiments
 from dlscope.errors import UserError
-from dlscope.execution.runspec import RunContext, RunSpec, execute
+from dlscope.contract.runspec import RunContext, RunSpec, execute
 from dlscope.experiments import registry
 from dlscope.report import build_report
 
@@ -107,10 +107,10 @@ def reference_mse(params: dict, width: int) -> tuple[float, float]:
 
 # ----------------------------------------------------------------- the contract check
 
-def test_builtins_satisfy_the_contract_but_for_the_older_run_function_form():
+def test_builtins_satisfy_the_contract():
     for name in registry.BUILTIN:
         mod = experiments.get(name)
-        assert registry.contract_problems(mod, need_run_one=False) == [], name
+        assert registry.contract_problems(mod) == [], name
 
 
 def test_the_example_satisfies_the_contract(plugin_dir):
@@ -156,9 +156,8 @@ def test_a_bad_module_gets_one_line_naming_what_is_missing(plugin_dir):
 def test_a_missing_run_function_is_caught_before_anything_is_written(plugin_dir, tmp_path,
                                                                       monkeypatch):
     mod = experiments.register(MODULE)
-    monkeypatch.setattr(mod, "runs", lambda cfg: [RunSpec(NAME, "k", f"{MODULE}:nope", {})])
-    with pytest.raises(UserError, match=r"run function 'toy_width:nope': module 'toy_width' "
-                                        r"has no nope\(\)"):
+    monkeypatch.setattr(mod, "runs", lambda cfg: [RunSpec(NAME, "k", "no_such_module_xyz", {})])
+    with pytest.raises(UserError, match=r"run module 'no_such_module_xyz': cannot import it"):
         dlscope.run(NAME, profile="quick", out=tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
 

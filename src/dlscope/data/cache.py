@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from dlscope.atomic import atomic_write_bytes
+from dlscope.data.fingerprint import arrays_sha256, is_mnist
 from dlscope.errors import UserError
 
 NPZ_NAME = "mnist.npz"
@@ -48,8 +49,6 @@ class MnistArrays:
     @property
     def verified(self) -> bool:
         """Whether the content is the official MNIST (fingerprint equals the constant)."""
-        from dlscope.data.fingerprint import is_mnist
-
         return is_mnist(self.sha256)
 
 
@@ -151,8 +150,6 @@ def read_cache(cache_dir: Path, log: Callable[[str], None]) -> MnistArrays | Non
     except (UserError, ValueError, OSError, KeyError, zipfile.BadZipFile, EOFError) as e:
         log(f"warning: MNIST cache {npz} is unusable: {e}; rebuilding it")
         return None
-    from dlscope.data.fingerprint import arrays_sha256, is_mnist
-
     digest = arrays_sha256(arrays)
     if not is_mnist(digest):  # the .sha256 beside it proves only that both were written together
         log(f"warning: MNIST cache {npz} is unusable: its content (sha256 {digest[:12]}) is not "

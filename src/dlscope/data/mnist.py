@@ -223,7 +223,9 @@ def noisy_labels(y: np.ndarray, fraction: float, seed: int, n_classes: int = 10)
 _ARRAYS: dict[tuple, MnistArrays] = {}
 
 
-def _cached_arrays(mnist_dir=None, cache_dir=None, log: Log = print) -> MnistArrays:
+def cached_arrays(mnist_dir=None, cache_dir=None, log: Log = print) -> MnistArrays:
+    """The MNIST arrays from where ``load_mnist_arrays`` finds them, loaded and fingerprinted
+    once per process and source (read-only numpy arrays)."""
     mnist_dir = mnist_dir or os.environ.get("DLSCOPE_MNIST_DIR") or None
     key = (
         str(Path(mnist_dir).expanduser().resolve()) if mnist_dir else None,
@@ -255,7 +257,7 @@ def mnist_dataset(
 ) -> Dataset:
     """MNIST as tensors: x float32 ``[N,1,H,W]`` (or ``[N,H*W]``), y int64, 10 classes."""
     opts = MnistOptions(**options) if isinstance(options, dict) else options or MnistOptions()
-    arrays = _cached_arrays(**load_kwargs)
+    arrays = cached_arrays(**load_kwargs)
     x_train, y_train = arrays.x_train, arrays.y_train.astype(np.int64)
     if opts.train_subset is not None:
         if opts.train_subset > len(y_train):
@@ -274,3 +276,25 @@ def mnist_dataset(
         source=arrays.source,
     )
     return ds if str(device) == "cpu" else ds.to(device)
+
+
+def mnist_identity(mnist_dir=None, cache_dir=None, log: Log | None = None) -> dict:
+    """``{"data": "mnist" | "other", "sha256": ..., "source": ...}`` of the MNIST-kind data
+    a run would load now (loads and fingerprints it once per process and source)."""
+    arrays = cached_arrays(mnist_dir=mnist_dir, cache_dir=cache_dir, log=log or _stderr)
+    return {"data": "mnist" if is_mnist(arrays.sha256) else "other",
+            "sha256": arrays.sha256, "source": arrays.source}
+
+
+def mnist_hash_identity(**_options) -> dict:
+    """What a run's hash covers about MNIST-kind data beyond its description: verified MNIST
+    and its content fingerprint (the same numbers whatever the source), or, for other data,
+    its fingerprint and where it came from."""
+    ident = mnist_identity()
+    if ident["data"] == "mnist":
+        return {"data": "mnist", "sha256": ident["sha256"]}
+    return {"data": "other", "sha256": ident["sha256"], "source": ident["source"]}
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)

@@ -1,5 +1,6 @@
-"""Running experiments: run specs and their hashes, executors (local, process pool, Ray), the
-results store, the runner behind `dlscope run`, the suite, results read back, and configs.
+"""Where runs execute and where their results are kept: the executors (in process, a
+process pool, Ray) and the results store. Below the experiments (it knows none of them:
+a RunSpec names its module) and above the contract (dlscope.contract).
 
 (Named `execution`, not `run`: `dlscope.run` is the public function, and a subpackage of that
 name would replace it as an attribute of the package.)"""

@@ -18,8 +18,8 @@ from typing import Iterator, Protocol
 
 import torch
 
+from dlscope.contract.runspec import RunResult, RunSpec, execute
 from dlscope.errors import UserError
-from dlscope.execution.runspec import RunResult, RunSpec, execute
 from dlscope.execution.worker_init import WorkerContext as _WorkerContext
 from dlscope.execution.worker_init import init_worker
 

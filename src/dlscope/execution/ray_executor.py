@@ -42,9 +42,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from dlscope.contract.runspec import RunContext, RunResult, RunSpec, canonical_json, execute
 from dlscope.errors import UserError
 from dlscope.execution.process_env import configure_openmp
-from dlscope.execution.runspec import RunContext, RunResult, RunSpec, canonical_json, execute
 
 INSTALL_HINT = "--executor ray needs the ray extra: pip install -e '.[ray]'"
 MAX_RETRIES = 2  # extra attempts for a run whose worker process or node died
@@ -83,7 +83,7 @@ def _shared_dataset(cache, desc_json: str, device: str):
     import ray
     from ray.exceptions import RayError, RayTaskError
 
-    from dlscope.execution.runspec import cached_dataset
+    from dlscope.contract.runspec import cached_dataset
 
     try:
         [ref] = ray.get(cache.get.remote(desc_json))
@@ -147,7 +147,7 @@ class _DatasetCache:
     def get(self, desc_json: str) -> list:
         import ray
 
-        from dlscope.execution.runspec import build_dataset
+        from dlscope.contract.runspec import build_dataset
 
         with self._guard:
             lock = self._locks.setdefault(desc_json, threading.Lock())

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from dlscope.atomic import atomic_write_bytes
-from dlscope.execution.runspec import RunResult, RunSpec
+from dlscope.contract.runspec import RunResult, RunSpec
 
 
 def atomic_write_text(path: Path, text: str) -> None:

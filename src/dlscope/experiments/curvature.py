@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 
 from dlscope import models, plotting
-from dlscope.execution.config import ExperimentConfig
-from dlscope.execution.runspec import RunResult, RunSpec
+from dlscope.contract.config import ExperimentConfig
+from dlscope.contract.runspec import RunResult, RunSpec
 from dlscope.experiments import stats
 from dlscope.metrics.density import hessian_density, smooth
 from dlscope.metrics.hessian import extreme_eigenvalues
@@ -84,17 +84,20 @@ PROFILES = {"quick": {"seeds": 2, "train_subset": 2000, "epochs": 2,
 
 
 def runs(cfg: Config) -> list[RunSpec]:
-    return [RunSpec(NAME, f"seed{s}", f"{__name__}:measure", {
-        "seed": s, "model": models.parse_model(MODEL).model_dump(mode="json"),
-        "data": {"kind": "mnist", "flatten": True, "train_subset": cfg.train_subset, "seed": s},
+    def data(s: int) -> dict:
+        return {"kind": "mnist", "flatten": True, "train_subset": cfg.train_subset, "seed": s}
+
+    return [RunSpec(NAME, f"seed{s}", __name__, {
+        "seed": s, "model": models.parse_model(MODEL).model_dump(mode="json"), "data": data(s),
         "train": TrainConfig(lr=cfg.lr, batch_size=cfg.batch, epochs=cfg.epochs,
                              eval_test=False).model_dump(),
         "checkpoints": cfg.checkpoints, "hessian_subset": cfg.hessian_subset,
         "density": [cfg.density_probes, cfg.density_steps],
-        "trace": [cfg.trace_probes, cfg.trace_rtol]}) for s in range(cfg.seeds)]
+        "trace": [cfg.trace_probes, cfg.trace_rtol]}, data=data(s)) for s in range(cfg.seeds)]
 
 
-def measure(p: dict, ctx) -> RunResult:
+def run_one(p: dict, ctx) -> RunResult:
+    """Train one seed and measure the spectrum at its checkpoints."""
     ds = ctx.dataset(p["data"])
     model = seeded_model(lambda: models.build(p["model"]), p["seed"]).to(ctx.device)
     n = p["hessian_subset"]

@@ -28,8 +28,8 @@ import torch
 from pydantic import Field, field_validator
 
 from dlscope import data, models, plotting
-from dlscope.execution.config import ExperimentConfig
-from dlscope.execution.runspec import RunResult, RunSpec
+from dlscope.contract.config import ExperimentConfig
+from dlscope.contract.runspec import RunResult, RunSpec
 from dlscope.experiments import stats
 from dlscope.experiments.common import ensemble_ok, seeds_of, setting_statistics, slugs
 from dlscope.train.engine import TrainConfig, seeded_model, train
@@ -53,11 +53,13 @@ SOURCE = "Eldan & Shamir 2016 (arXiv:1512.03965); HW1 1-1 (SCIENCE.md §1)"
 class Config(ExperimentConfig):
     functions: list[str] = Field(["sin-log", "sinc", "sign-sin"], min_length=1,
                                  description="registry names or expr:<expression in x>")
-    param_budget: int = Field(550, ge=10, description="parameters per model (matched within 1%)")
+    param_budget: int = Field(550, ge=10, description="parameters per model (matched within 1%)",
+                              json_schema_extra={"memory": ("parameters", 16)})
     depths: list[int] = Field([1, 3, 7], min_length=2, description="hidden layers per model")
     activation: models.Activation = Field("relu",
                                           description="hidden-layer activation of every model")
-    n_train: int = Field(1000, ge=8, description="evenly spaced training points")
+    n_train: int = Field(1000, ge=8, description="evenly spaced training points",
+                         json_schema_extra={"memory": ("data", 8)})
     epochs: int = Field(20000, ge=1, description="full-batch Adam steps at most")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate")
     converge_loss: float = Field(1e-6, gt=0, description="converged: MSE below this")
@@ -96,20 +98,26 @@ def family(cfg: Config) -> list[tuple[str, models.MLPSpec]]:
     return out
 
 
+def function_data(function: str, n_train: int, seed: int) -> dict:
+    """The dataset description of a 1-D target sampled at n_train points."""
+    return {"kind": "function", "spec": function, "n_train": n_train, "n_test": 16,
+            "seed": seed}
+
+
 def runs(cfg: Config) -> list[RunSpec]:
     train_cfg = TrainConfig(lr=cfg.lr, epochs=cfg.epochs, batch_size=None, eval_test=False,
                             converge_loss=cfg.converge_loss, converge_rel=cfg.converge_rel,
                             converge_window=cfg.converge_window)
-    return [RunSpec(NAME, f"{fn}/{label}/seed={s}", f"{__name__}:fit_one",
+    return [RunSpec(NAME, f"{fn}/{label}/seed={s}", __name__,
                     {"function": fn, "label": label, "model": spec.model_dump(mode="json"),
                      "n_train": cfg.n_train, "train": train_cfg.model_dump(), "seed": s,
-                     "data_seed": cfg.seed}, group=f"{fn}/{label}")
+                     "data_seed": cfg.seed}, group=f"{fn}/{label}",
+                    data=function_data(fn, cfg.n_train, cfg.seed))
             for fn in cfg.functions for label, spec in family(cfg) for s in seeds_of(cfg)]
 
 
 def _prepare(p: dict, ctx):
-    ds = ctx.dataset({"kind": "function", "spec": p["function"], "n_train": p["n_train"],
-                      "n_test": 16, "seed": p["data_seed"]})
+    ds = ctx.dataset(function_data(p["function"], p["n_train"], p["data_seed"]))
     spec = models.parse_model(p["model"])
     model = seeded_model(lambda: models.build(spec), p["seed"]).to(ctx.device)
     grid = np.linspace(float(ds.x_train.min()), float(ds.x_train.max()), 200, dtype=np.float32)
@@ -140,13 +148,13 @@ def _finish(p: dict, model, res, grid, init_pred, device) -> RunResult:
                 "x": grid, "y_pred": pred.astype(np.float32)})
 
 
-def fit_one(p: dict, ctx) -> RunResult:
+def run_one(p: dict, ctx) -> RunResult:
     ds, model, grid, init_pred = _prepare(p, ctx)
     res = train(model, ds, TrainConfig(**p["train"]), seed=p["seed"])
     return _finish(p, model, res, grid, init_pred, ctx.device)
 
 
-def fit_one_many(ps: list[dict], ctx) -> list[RunResult]:
+def run_many(ps: list[dict], ctx) -> list[RunResult]:
     """Same-shape seeds trained together as one stacked ensemble (each member equals its solo
     run to float tolerance, tests/test_ensemble.py); one by one where the net is no plain MLP
     or wider than ENSEMBLE_MAX_WIDTH."""
@@ -156,7 +164,7 @@ def fit_one_many(ps: list[dict], ctx) -> list[RunResult]:
     nets = [m for _, m, _, _ in prep]
     wide = max(models.parse_model(ps[0]["model"]).hidden) > ENSEMBLE_MAX_WIDTH
     if wide or not ensemble_ok(nets):
-        return [fit_one(p, ctx) for p in ps]
+        return [run_one(p, ctx) for p in ps]
     results = train_ensemble(nets, prep[0][0], [TrainConfig(**p["train"]) for p in ps],
                              [p["seed"] for p in ps])
     return [_finish(p, m, r, g, i0, ctx.device)

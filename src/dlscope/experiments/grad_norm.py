@@ -29,8 +29,8 @@ from pydantic import Field, field_validator
 from dlscope import models, plotting
 from dlscope.data.functions import resolve as resolve_function
 from dlscope.errors import UserError
-from dlscope.execution.config import ExperimentConfig
-from dlscope.execution.runspec import RunResult, RunSpec
+from dlscope.contract.config import ExperimentConfig
+from dlscope.contract.runspec import RunResult, RunSpec
 from dlscope.experiments import stats
 from dlscope.train.engine import TrainConfig, seeded_model, train
 
@@ -46,7 +46,8 @@ class Config(ExperimentConfig):
                                                       description="which trainings to record")
     function: str = Field("sinc", description="target function (registry name or expr:...)")
     function_model: str = Field("mlp:1-32-32-32-1", description="MLP with input 1, output 1")
-    function_points: int = Field(1000, ge=8, description="evenly spaced training points")
+    function_points: int = Field(1000, ge=8, description="evenly spaced training points",
+                                 json_schema_extra={"memory": ("data", 8)})
     function_epochs: int = Field(5000, ge=1, description="epochs (= steps when full batch)")
     function_batch: int | None = Field(None, ge=1, description="None: full batch")
     function_lr: float = Field(1e-3, gt=0, description="Adam learning rate (function)")
@@ -113,14 +114,14 @@ def runs(cfg: Config) -> list[RunSpec]:
             model, what = cfg.mnist_model, "MNIST"
         spec = models.parse_model(model)
         group = task if isinstance(spec, models.MLPSpec) else None  # same-shape MLPs: ensemble
-        out += [RunSpec(NAME, f"{task}/seed={s}", f"{__name__}:record", {
+        out += [RunSpec(NAME, f"{task}/seed={s}", __name__, {
             "task": task, "what": what, "data": data, "train": tc.model_dump(),
-            "model": spec.model_dump(mode="json"), "seed": s}, group=group)
+            "model": spec.model_dump(mode="json"), "seed": s}, group=group, data=data)
             for s in range(cfg.seed, cfg.seed + cfg.seeds)]
     return out
 
 
-def record(p: dict, ctx) -> RunResult:
+def run_one(p: dict, ctx) -> RunResult:
     ds = ctx.dataset(p["data"])
     model = seeded_model(lambda: models.build(p["model"]), p["seed"]).to(ctx.device)
     tc = TrainConfig(**p["train"])
@@ -128,7 +129,7 @@ def record(p: dict, ctx) -> RunResult:
     return _result(ds, tc, model, res)
 
 
-def record_many(ps: list[dict], ctx) -> list[RunResult]:
+def run_many(ps: list[dict], ctx) -> list[RunResult]:
     """Same-shape MLP seeds trained together as one stacked ensemble (dlscope.train.ensemble);
     each member equals its solo run to float tolerance."""
     from dlscope.train.ensemble import train_ensemble

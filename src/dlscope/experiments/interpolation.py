@@ -33,7 +33,7 @@ from pydantic import Field, field_validator, model_validator
 
 from dlscope import models, plotting
 from dlscope.data import MnistOptions, mnist_dataset
-from dlscope.execution.runspec import RunResult, RunSpec
+from dlscope.contract.runspec import RunResult, RunSpec
 from dlscope.experiments import stats
 from dlscope.experiments.common import mnist_spec
 from dlscope.experiments.flatness_common import (
@@ -132,14 +132,15 @@ def runs(cfg: Config) -> list[RunSpec]:
         for bs, lr, init in (pr["a"], pr["b"]):
             key = _key((bs, lr, init), pr["seed"])
             tc = TrainConfig(lr=lr, batch_size=bs, epochs=1, eval_test=False)
-            out.setdefault(key, RunSpec(NAME, key, f"{__name__}:run_fn", {
+            out.setdefault(key, RunSpec(NAME, key, __name__, {
                 "model": spec, "data": data_options(cfg), "train": tc.model_dump(),
                 "matched": cfg.matched(), "init_seed": init, "seed": pr["seed"],
-                "curve": {"points": cfg.curve_points, "range": cfg.curve_range}}))
+                "curve": {"points": cfg.curve_points, "range": cfg.curve_range}},
+                data={"kind": "mnist", **data_options(cfg)}))
     return list(out.values())
 
 
-def run_fn(p: dict, ctx) -> RunResult:
+def run_one(p: dict, ctx) -> RunResult:
     ds = ctx.dataset({"kind": "mnist", **p["data"]})
     spec = models.parse_model(p["model"])
     model = seeded_model(lambda: models.build(spec), p["init_seed"]).to(ctx.device)

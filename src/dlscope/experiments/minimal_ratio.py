@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 
 from dlscope import models
-from dlscope.execution.config import ExperimentConfig
-from dlscope.execution.runspec import RunResult, RunSpec
+from dlscope.contract.config import ExperimentConfig
+from dlscope.contract.runspec import RunResult, RunSpec
 from dlscope.experiments import minimal_ratio_report as report
 from dlscope.train.engine import TrainConfig, seeded_model, train
 
@@ -59,7 +59,8 @@ class Config(ExperimentConfig):
     target: str = Field("teacher", description="'teacher' (tanh teacher + noise, inputs "
                         "N(0, I)) or a 1-D function spec (then model must be mlp:1-...-1)")
     teacher_width: int = Field(3, ge=1, description="hidden units of the teacher (≤ input dim)")
-    n_train: int = Field(500, ge=8, description="training points")
+    n_train: int = Field(500, ge=8, description="training points",
+                         json_schema_extra={"memory": ("data", 8)})
     label_noise: float = Field(0.05, ge=0, description="std of Gaussian noise on the targets")
     train_epochs: list[int] = Field([10, 30, 100, 300, 1000], min_length=1,
                                     description="full-batch Adam epochs before phase 2, "
@@ -117,6 +118,17 @@ PROFILES = {"quick": {"runs": 10, "n_train": 200, "train_epochs": [10, 1000],
                       "max_steps": 30}}
 
 
+def function_data(p: dict) -> dict:
+    """The dataset description of a 1-D target (its points do not depend on the seed)."""
+    return {"kind": "function", "spec": p["target"], "n_train": p["n_train"], "n_test": 16,
+            "seed": 0}
+
+
+def memory(params: dict) -> dict[str, int]:
+    """The contract's memory hook: each run forms its model's full P x P Hessian (float64)."""
+    return {"hessian": 8 * models.count_params(params["model"]) ** 2}
+
+
 def runs(cfg: Config) -> list[RunSpec]:
     out = []
     for i in range(cfg.runs):
@@ -128,7 +140,8 @@ def runs(cfg: Config) -> list[RunSpec]:
                   "grad_threshold": cfg.grad_threshold, "max_steps": cfg.max_steps,
                   "time_limit": cfg.time_limit, "method": cfg.method, "tol_c": cfg.tol_c,
                   "loss_change_flag": cfg.loss_change_flag}
-        out.append(RunSpec(NAME, f"run{i:03d}", f"{__name__}:critical_point", params))
+        out.append(RunSpec(NAME, f"run{i:03d}", __name__, params, data=(
+            function_data(params) if cfg.target != "teacher" else None)))
     return out
 
 
@@ -153,8 +166,7 @@ def _data(p: dict, ctx):
         ds = Dataset(x.float(), y.float(), x[:8].float(), y[:8].float(), name="teacher",
                      n_classes=None, source="tanh teacher + Gaussian noise")
         return ds.to(ctx.device), x.to(ctx.device), y.to(ctx.device)
-    ds = ctx.dataset({"kind": "function", "spec": p["target"], "n_train": p["n_train"],
-                      "n_test": 16, "seed": 0})
+    ds = ctx.dataset(function_data(p))
     x, y = ds.x_train.double(), ds.y_train.double()
     if p["label_noise"] > 0:
         g = torch.Generator().manual_seed(p["data_seed"])
@@ -176,7 +188,7 @@ def _warm_up():
         _WARM.append(True)
 
 
-def critical_point(p: dict, ctx) -> RunResult:
+def run_one(p: dict, ctx) -> RunResult:
     from dlscope.metrics.critical import classify_spectrum, minimize_grad_norm
     from dlscope.metrics.hessian import hessian_eigenvalues
 

@@ -32,8 +32,8 @@ from pydantic import Field, field_validator, model_validator
 
 from dlscope import models, plotting
 from dlscope.errors import UserError
-from dlscope.execution.config import ExperimentConfig
-from dlscope.execution.runspec import RunResult, RunSpec
+from dlscope.contract.config import ExperimentConfig
+from dlscope.contract.runspec import RunResult, RunSpec
 from dlscope.experiments import stats
 from dlscope.experiments.common import mnist_spec
 from dlscope.train.engine import TrainConfig, evaluate, seeded_model, train
@@ -125,13 +125,13 @@ def under_trained(cfg: Config) -> bool:
 def runs(cfg: Config) -> list[RunSpec]:
     tc = TrainConfig(lr=cfg.lr, batch_size=cfg.batch_size, epochs=cfg.epochs, eval_test=True)
     data = {"kind": "mnist", "train_subset": cfg.train_subset, "seed": cfg.seed}
-    return [RunSpec(NAME, f"{label}/seed={s}", f"{__name__}:train_one",
+    return [RunSpec(NAME, f"{label}/seed={s}", __name__,
                     {"label": label, "model": spec.model_dump(mode="json"),
-                     "train": tc.model_dump(), "data": data, "seed": s})
+                     "train": tc.model_dump(), "data": data, "seed": s}, data=data)
             for label, spec in model_list(cfg) for s in range(cfg.seed, cfg.seed + cfg.seeds)]
 
 
-def train_one(p: dict, ctx) -> RunResult:
+def run_one(p: dict, ctx) -> RunResult:
     """One seed: train, and evaluate the end-of-epoch model on the whole training set."""
     ds = ctx.dataset(p["data"])
     model = seeded_model(lambda: models.build(p["model"]), p["seed"]).to(ctx.device)

@@ -30,8 +30,8 @@ import pandas as pd
 from pydantic import Field
 
 from dlscope import models
-from dlscope.execution.config import ExperimentConfig
-from dlscope.execution.runspec import RunResult, RunSpec
+from dlscope.contract.config import ExperimentConfig
+from dlscope.contract.runspec import RunResult, RunSpec
 from dlscope.experiments import stats
 from dlscope.experiments.common import (
     FAILED,
@@ -80,18 +80,19 @@ def runs(cfg: Config) -> list[RunSpec]:
     train_cfg = TrainConfig(lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size,
                             eval_test=False)
     data = {"train_subset": cfg.train_subset or None, "seed": cfg.seed, "flatten": True}
-    return [RunSpec(NAME, f"{spec.name}/seed={s}", f"{__name__}:run_fn",
+    return [RunSpec(NAME, f"{spec.name}/seed={s}", __name__,
                     {"model": spec.model_dump(mode="json"), "data": data,
-                     "train": train_cfg.model_dump(), "seed": s}, group=spec.name)
+                     "train": train_cfg.model_dump(), "seed": s}, group=spec.name,
+                    data={"kind": "mnist", **data})
             for spec in specs(cfg) for s in seeds_of(cfg)]
 
 
-def run_fn(p: dict, ctx) -> RunResult:
+def run_one(p: dict, ctx) -> RunResult:
     model, ds, res, m = train_and_evaluate(p, ctx)
     return _result(model, ds, res, m)
 
 
-def run_fn_many(ps: list[dict], ctx) -> list[RunResult]:
+def run_many(ps: list[dict], ctx) -> list[RunResult]:
     """Same-width seeds trained together as one stacked ensemble (each member equals its solo
     run to float tolerance); one by one where the model is no plain MLP."""
     from dlscope.train.engine import seeded_model
@@ -101,7 +102,7 @@ def run_fn_many(ps: list[dict], ctx) -> list[RunResult]:
     nets = [seeded_model(lambda p=p: models.build(models.parse_model(p["model"])), p["seed"])
             .to(ctx.device) for p in ps]
     if not ensemble_ok(nets) or any(p["data"] != ps[0]["data"] for p in ps):
-        return [run_fn(p, ctx) for p in ps]
+        return [run_one(p, ctx) for p in ps]
     results = train_ensemble(nets, ds, [TrainConfig(**p["train"]) for p in ps],
                              [p["seed"] for p in ps])
     return [_result(m, ds, r, full_metrics(m, ds)) for m, r in zip(nets, results)]

@@ -34,8 +34,8 @@ from matplotlib.ticker import MaxNLocator
 from pydantic import Field, field_validator
 
 from dlscope import models
-from dlscope.execution.config import ExperimentConfig
-from dlscope.execution.runspec import RunResult, RunSpec
+from dlscope.contract.config import ExperimentConfig
+from dlscope.contract.runspec import RunResult, RunSpec
 from dlscope.experiments import stats
 from dlscope.experiments.common import (
     FAILED,
@@ -94,10 +94,11 @@ def data_options(cfg: Config) -> dict:
 def runs(cfg: Config) -> list[RunSpec]:
     train_cfg = TrainConfig(lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size)
     spec = mnist_spec(cfg.model)
-    return [RunSpec(NAME, f"p={cfg.label_noise:g}/seed={s}", f"{__name__}:run_fn",
+    return [RunSpec(NAME, f"p={cfg.label_noise:g}/seed={s}", __name__,
                     {"model": spec.model_dump(mode="json"), "data": data_options(cfg),
                      "train": train_cfg.model_dump(), "decay_epoch": cfg.decay_epoch,
-                     "decay": cfg.decay, "seed": s}, group=spec.name)
+                     "decay": cfg.decay, "seed": s}, group=spec.name,
+                    data={"kind": "mnist", **data_options(cfg)})
             for s in seeds_of(cfg)]
 
 
@@ -110,11 +111,11 @@ def phases(train_cfg: dict, decay_epoch: int, decay: float) -> list[TrainConfig]
             tc.model_copy(update={"epochs": tc.epochs - decay_epoch, "lr": tc.lr * decay})]
 
 
-def run_fn(p: dict, ctx) -> RunResult:
+def run_one(p: dict, ctx) -> RunResult:
     return _train_all([p], ctx)[0]
 
 
-def run_fn_many(ps: list[dict], ctx) -> list[RunResult]:
+def run_many(ps: list[dict], ctx) -> list[RunResult]:
     """Seeds of one MLP trained together as one stacked ensemble, phase by phase (each member
     equals its solo run to float tolerance); one by one where the model is no plain MLP."""
     return _train_all(ps, ctx)

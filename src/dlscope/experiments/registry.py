@@ -64,8 +64,10 @@ class Experiment(Protocol):
     """The experiment contract, as a module's top-level names (docs/CONTRACT.md).
 
     Optional, used when present: `run_many(params_list, ctx) -> list[RunResult]` (specs that
-    share a `group` run as one batch), `PART` (title of its SECTION's part in the report),
-    `headline`, `statistics` and `verdicts` (each `(cfg, tables) -> ...`)."""
+    share a `group` run as one batch), `memory(params) -> {part: bytes}` (what a run
+    allocates beyond its model and data, for the up-front size limits), `PART` (title of its
+    SECTION's part in the report), `headline`, `statistics` and `verdicts` (each
+    `(cfg, tables) -> ...`)."""
 
     NAME: str            # the experiment's name on the command line and its folder name
     SECTION: str         # the report groups experiments by it, e.g. "1-2"
@@ -88,15 +90,12 @@ def _members(proto: type) -> list[str]:
 
 CONTRACT = _members(Experiment)
 STRINGS = ("NAME", "SECTION", "TITLE", "QUESTION")
-OPTIONAL_CALLABLES = ("run_many", "headline", "statistics", "verdicts")
+OPTIONAL_CALLABLES = ("run_many", "memory", "headline", "statistics", "verdicts")
 
 
-def contract_problems(module, *, need_run_one: bool = True) -> list[str]:
-    """What `module` lacks or has wrong, as short phrases; [] when it satisfies the contract.
-
-    `need_run_one=False` admits a module whose RunSpecs name their run function themselves
-    ("module:function", the older form of the built-in experiments)."""
-    members = [m for m in CONTRACT if need_run_one or m != "run_one"]
+def contract_problems(module) -> list[str]:
+    """What `module` lacks or has wrong, as short phrases; [] when it satisfies the contract."""
+    members = CONTRACT
     missing = [m for m in members if not hasattr(module, m)]
     problems = [f"missing {', '.join(missing)}"] if missing else []
     for m in STRINGS:
@@ -120,9 +119,9 @@ def contract_problems(module, *, need_run_one: bool = True) -> list[str]:
     return problems
 
 
-def check(module, *, need_run_one: bool = True) -> None:
+def check(module) -> None:
     """Raise UserError (one line) unless `module` satisfies the experiment contract."""
-    problems = contract_problems(module, need_run_one=need_run_one)
+    problems = contract_problems(module)
     if problems:
         where = getattr(module, "__name__", repr(module))
         raise UserError(f"experiment module {where}: {'; '.join(problems)} "
@@ -210,9 +209,7 @@ def get(name: str) -> ModuleType:
     if mod is not None and mod.__name__ == path:
         return mod
     mod = importlib.import_module(path)
-    # entries of the table above (and tests that add to it) may still name their run function
-    # in their RunSpecs; the runner checks that those functions exist before anything runs
-    check(mod, need_run_one=False)
+    check(mod)
     if mod.NAME != name:
         raise UserError(f"experiment {name!r}: its module {path} says NAME = {mod.NAME!r}")
     _checked[name] = mod

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from dlscope import models, plotting
-from dlscope.execution.runspec import RunResult, RunSpec
+from dlscope.contract.runspec import RunResult, RunSpec
 from dlscope.experiments import stats
 from dlscope.experiments.common import mnist_spec
 from dlscope.experiments.flatness_common import (
@@ -46,8 +46,8 @@ from dlscope.experiments.flatness_common import (
     scaled_lr,
     train_matched,
 )
-from dlscope.metrics.sensitivity import loss_input_grad_norm, sensitivity
-from dlscope.metrics.sharpness import lambda_max, sharpness
+from dlscope.metrics.epsilon_sharpness import lambda_max, sharpness
+from dlscope.metrics.input_sensitivity import loss_input_grad_norm, sensitivity
 from dlscope.train.engine import TrainConfig, evaluate, seeded_model
 
 NAME = "sensitivity"
@@ -116,16 +116,17 @@ def runs(cfg: Config) -> list[RunSpec]:
         lr = scaled_lr(cfg.lr, bs, cfg.lr_scaling, cfg.lr_base_batch)
         tc = TrainConfig(lr=lr, batch_size=bs, epochs=1, eval_test=False)
         for s in cfg.run_seeds():
-            out.append(RunSpec(NAME, f"bs={bs},seed={s}", f"{__name__}:run_fn", {
+            out.append(RunSpec(NAME, f"bs={bs},seed={s}", __name__, {
                 "model": spec.model_dump(mode="json"), "data": data, "train": tc.model_dump(),
                 "matched": cfg.matched(), "lr_scaling": cfg.lr_scaling, "seed": s,
                 "data_seed": cfg.seed, "sensitivity_points": cfg.sensitivity_points,
                 "sharpness": {"epsilons": cfg.sharpness_epsilons, "max_iter":
-                              cfg.sharpness_iter, "points": cfg.sharpness_points}}))
+                              cfg.sharpness_iter, "points": cfg.sharpness_points}},
+                data={"kind": "mnist", **data}))
     return out
 
 
-def run_fn(p: dict, ctx) -> RunResult:
+def run_one(p: dict, ctx) -> RunResult:
     ds = ctx.dataset({"kind": "mnist", **p["data"]})
     spec = models.parse_model(p["model"])
     model = seeded_model(lambda: models.build(spec), p["seed"]).to(ctx.device)

@@ -33,8 +33,8 @@ from matplotlib.colors import LogNorm
 from pydantic import Field, field_validator, model_validator
 
 from dlscope import models, plotting
-from dlscope.execution.config import ExperimentConfig
-from dlscope.execution.runspec import RunResult, RunSpec
+from dlscope.contract.config import ExperimentConfig
+from dlscope.contract.runspec import RunResult, RunSpec
 from dlscope.experiments import stats
 from dlscope.metrics.trajectory import flat_params, loss_plane, pca, plane_axis
 from dlscope.train.engine import TrainConfig, evaluate, seeded_model, train
@@ -113,10 +113,11 @@ def runs(cfg: Config) -> list[RunSpec]:
     data = {"kind": "mnist", "flatten": True, "train_subset": cfg.train_subset, "seed": cfg.seed}
     land = {"subset": cfg.landscape_subset, "grid": cfg.grid, "margin": cfg.margin}
     spec = models.parse_model(cfg.model).model_dump(mode="json")
-    return [RunSpec(NAME, f"run={i}", f"{__name__}:train_one",
+    return [RunSpec(NAME, f"run={i}", __name__,
                     {"run": i, "seed": cfg.seed + i, "model": spec, "train": tc.model_dump(),
                      "every": cfg.every, "data": data, "eval_subset": cfg.eval_subset,
-                     "landscape": land if (i == 0 and cfg.landscape) else None}, group="mlp")
+                     "landscape": land if (i == 0 and cfg.landscape) else None}, group="mlp",
+                    data=data)
             for i in range(cfg.seeds)]
 
 
@@ -138,14 +139,14 @@ def _prepare(p: dict, ds, device):
     return model, tc, on_epoch, (idx, snaps, rows)
 
 
-def train_one(p: dict, ctx) -> RunResult:
+def run_one(p: dict, ctx) -> RunResult:
     ds = ctx.dataset(p["data"])
     model, tc, on_epoch, state = _prepare(p, ds, ctx.device)
     res = train(model, ds, tc, seed=p["seed"], on_epoch=on_epoch)
     return _finish(p, ds, model, res, state)
 
 
-def train_one_many(ps: list[dict], ctx) -> list[RunResult]:
+def run_many(ps: list[dict], ctx) -> list[RunResult]:
     """The same runs trained together as one stacked ensemble (dlscope.train.ensemble): each
     member keeps its own init and data order, and equals its solo run to float tolerance."""
     from dlscope.train.ensemble import train_ensemble

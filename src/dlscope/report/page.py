@@ -9,10 +9,11 @@ import datetime as _dt
 import os
 from pathlib import Path
 
-from dlscope import __version__, experiments
+from dlscope import experiments
 from dlscope.report.collect import Experiment, Results, collect
 from dlscope.report.fmt import esc, fmt_seconds, href, kv, slug
 from dlscope.report.sections import badge, experiment_section
+from dlscope.version import __version__
 
 ENV_FIELDS = {  # env.json key -> label, in the order shown
     "machine": [("platform", "platform"), ("processor", "processor"), ("cpus", "CPUs"),

@@ -1,21 +1,21 @@
 """Up-front size limits: estimate what a run will allocate before anything is allocated.
 
 `check_specs` estimates, per run, the bytes of its parameters (weights, gradients and two
-Adam moments: 4 float32 copies), of its data (float32 tensors) and, for runs that form a
-full Hessian, of that matrix (float64, P x P), and refuses with the estimate and the limit
-when one run would not fit in the machine's memory. Estimates are lower bounds: a refused
+Adam moments: 4 float32 copies), of its data (from its RunSpec's data description) and of
+whatever the experiment's `memory(params)` hook adds (minimal-ratio: the full float64 P x P
+Hessian), and refuses with the estimate and the limit when one run would not fit in the
+machine's memory. Estimates are lower bounds: a refused
 run could never have finished; an accepted one may still be slow.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
+from dlscope import models
+from dlscope.data import nbytes as data_nbytes
 from dlscope.errors import UserError
-
-_MNIST_TRAIN, _MNIST_TEST, _MNIST_PIXELS = 60000, 10000, 28 * 28
-# run functions that form the full P x P Hessian of their model
-HESSIAN_FNS = ("dlscope.experiments.minimal_ratio:critical_point",)
 
 
 def memory_bytes() -> int:
@@ -39,32 +39,28 @@ def gib(n: float) -> str:
 def _params(model) -> int | None:
     if model is None:
         return None
-    from dlscope import models
-
     try:
         return models.count_params(model)
     except Exception:  # noqa: BLE001 - not a model description: nothing to estimate
         return None
 
 
-def estimate(params: dict, fn: str = "") -> dict[str, int]:
-    """Bytes one run needs at least: {"parameters": ..., "data": ..., "hessian": ...}."""
+def estimate(spec, memory: Callable[[dict], dict] | None = None) -> dict[str, int]:
+    """Bytes one run needs at least: {"parameters": ..., "data": ..., and what the
+    experiment's `memory(params)` hook adds (e.g. "hessian")}.
+
+    Parameters: 4 float32 copies of the model its params["model"] describes (weights,
+    gradients, two Adam moments); data: what its data description's kind says it takes
+    (dlscope.data.nbytes)."""
     out: dict[str, int] = {}
-    n_params = _params(params.get("model"))
+    n_params = _params(spec.params.get("model"))
     if n_params is not None:
         out["parameters"] = 4 * 4 * n_params
-        if fn in HESSIAN_FNS:
-            out["hessian"] = 8 * n_params**2
-    data = params.get("data")
-    if isinstance(data, dict) and data.get("kind", "mnist") == "mnist":
-        n = data.get("train_subset") or _MNIST_TRAIN
-        out["data"] = 4 * _MNIST_PIXELS * (int(n) + _MNIST_TEST)
-    else:
-        n = params.get("n_train")
-        if isinstance(data, dict):
-            n = data.get("n_train", n)
-        if isinstance(n, int) and not isinstance(n, bool):
-            out["data"] = 4 * 2 * int(n)  # x and y, float32 [N, 1]
+    n_data = data_nbytes(spec.data)
+    if n_data is not None:
+        out["data"] = n_data
+    if memory is not None:
+        out.update({k: int(v) for k, v in memory(spec.params).items()})
     return out
 
 
@@ -77,8 +73,11 @@ def check_params(what: str, sizes: dict[str, int], limit: int | None = None) -> 
                         f"machine's memory ({gib(limit)}); make it smaller")
 
 
-def check_specs(specs) -> None:
-    """Refuse (UserError) the first run whose estimate exceeds the machine's memory."""
+def check_specs(specs, memory: Callable[[dict], dict] | None = None) -> None:
+    """Refuse (UserError) the first run whose estimate exceeds the machine's memory.
+
+    `memory` is the experiment's optional hook `memory(params) -> {part: bytes}` (the
+    contract, docs/CONTRACT.md) for what only the experiment knows it allocates."""
     limit = memory_bytes()
     for s in specs:
-        check_params(f"{s.experiment}: run {s.key}", estimate(s.params, s.fn), limit)
+        check_params(f"{s.experiment}: run {s.key}", estimate(s, memory), limit)

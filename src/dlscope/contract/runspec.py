@@ -1,15 +1,15 @@
 """What an independent run is (RunSpec), what it returns (RunResult), where it runs (RunContext).
 
-A RunSpec names what runs it by import path plus JSON-able parameters, so any executor (in
-process, a process pool, Ray) can run it: either an experiment module (`fn="mypkg.myexp"`:
-the contract's `run_one(params, ctx)` and optional `run_many(params_list, ctx)`, see
-docs/CONTRACT.md) or, the older form the built-in experiments still use, one function
-(`fn="mypkg.myexp:train_one"`, with an optional `train_one_many`). Its hash covers everything
-that changes its numbers: `fn`, the parameters (config, seed), the device, the torch thread
-count, the engine version and the identity of the data loaded from outside (MNIST-kind
-data: its content fingerprint and, for other data, its source; dlscope.data.fingerprint).
-Specs that share a `group` may be trained together as an ensemble by the batched variant
-(same shape, differing only in seed/init/lr).
+A RunSpec names the experiment module that runs it by import path (`fn="mypkg.myexp"`: the
+contract's `run_one(params, ctx)` and optional `run_many(params_list, ctx)`, see
+docs/CONTRACT.md) plus JSON-able parameters, so any executor (in process, a process pool,
+Ray) can run it. It carries an explicit description of its data (`data`, a dataset
+description as `ctx.dataset` takes it, dlscope.data.kinds), used for its hash and its memory
+estimate. Its hash covers everything that changes its numbers: `fn`, the parameters (config,
+seed), the data description and the identity of data loaded from outside (MNIST: its content
+fingerprint and, for other data, its source; `dlscope.data.identity`), the device, the torch
+thread count and the engine version. Specs that share a `group` may be trained together as
+an ensemble by `run_many` (same shape, differing only in seed/init/lr).
 """
 
 from __future__ import annotations
@@ -25,14 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from dlscope.data import build_dataset as build
+from dlscope.data import identity as data_identity
 from dlscope.errors import UserError
 from dlscope.train.engine import ENGINE_VERSION
-
-
-def _data_identity(params: dict) -> dict | None:
-    from dlscope.data.fingerprint import run_data_identity
-
-    return run_data_identity(params)
 
 
 def canonical_json(obj: Any) -> str:
@@ -43,25 +39,28 @@ def canonical_json(obj: Any) -> str:
 class RunSpec:
     experiment: str
     key: str  # a human label, e.g. "sinc/deep" or "seed=3"
-    fn: str  # "package.module" (its run_one/run_many) or "package.module:function" (+ `_many`)
+    fn: str  # "package.module": the experiment module whose run_one / run_many run it
     params: dict = field(hash=False, compare=False)
     device: str = "cpu"
     threads: int = 1
     group: str | None = None  # same group: may run together as one ensemble
+    data: dict | None = field(default=None, hash=False, compare=False)  # dataset description
 
     @property
     def hash(self) -> str:
         ident = {"fn": self.fn, "params": self.params, "device": self.device,
                  "threads": self.threads, "engine": ENGINE_VERSION}
-        data = _data_identity(self.params)  # which data: content fingerprint plus source
-        if data is not None:
-            ident["data"] = data
+        if self.data is not None:
+            ident["data"] = self.data
+            found = data_identity(self.data)  # data read from outside: its fingerprint
+            if found is not None:
+                ident["data_identity"] = found
         return hashlib.sha256(canonical_json(ident).encode()).hexdigest()[:16]
 
     def to_json(self) -> dict:
         return {"experiment": self.experiment, "key": self.key, "fn": self.fn,
-                "params": self.params, "device": self.device, "threads": self.threads,
-                "group": self.group, "hash": self.hash}
+                "params": self.params, "data": self.data, "device": self.device,
+                "threads": self.threads, "group": self.group, "hash": self.hash}
 
 
 @dataclass
@@ -87,8 +86,6 @@ class RunContext:
 
 def build_dataset(desc_json: str, device: str):
     """The dataset a canonical-JSON description asks for, built afresh (dlscope.data.kinds)."""
-    from dlscope.data import build_dataset as build
-
     return build(json.loads(desc_json), device=device)
 
 
@@ -96,26 +93,20 @@ cached_dataset = lru_cache(maxsize=4)(build_dataset)  # per process: MNIST is bu
 
 
 def resolve_run(fn: str) -> tuple[Callable, Callable | None]:
-    """(run one spec, run a batch of specs or None) for a RunSpec's `fn`.
-
-    "pkg.mod": the experiment contract's `run_one` / `run_many`; "pkg.mod:name": the older
-    form, `name` / `name_many`. Raises UserError naming what is missing."""
-    module_path, sep, name = fn.partition(":")
+    """(run one spec, run a batch of specs or None) for a RunSpec's `fn`: the experiment
+    module's `run_one` / `run_many`. Raises UserError naming what is missing."""
+    if not isinstance(fn, str) or not fn or ":" in fn:
+        raise UserError(f"run module {fn!r}: not a module path (a RunSpec names its "
+                        "experiment module, whose run_one/run_many run it)")
     try:
-        module = importlib.import_module(module_path)
+        module = importlib.import_module(fn)
     except ImportError as exc:
-        raise UserError(f"run function {fn!r}: cannot import {module_path!r} ({exc})") from None
-    one_name, many_name = (name, name + "_many") if sep else ("run_one", "run_many")
-    one = getattr(module, one_name, None)
+        raise UserError(f"run module {fn!r}: cannot import it ({exc})") from None
+    one = getattr(module, "run_one", None)
     if not callable(one):
-        raise UserError(f"run function {fn!r}: module {module_path!r} has no {one_name}()")
-    many = getattr(module, many_name, None)
+        raise UserError(f"run module {fn!r}: it has no run_one()")
+    many = getattr(module, "run_many", None)
     return one, many if callable(many) else None
-
-
-def resolve_fn(path: str):
-    """The function that runs one spec with this `fn` (see resolve_run)."""
-    return resolve_run(path)[0]
 
 
 def execute(specs: list[RunSpec], context=RunContext) -> list[RunResult]:

@@ -121,7 +121,7 @@ def text_table(exp, width: int = 100) -> str:
 
 def commented_toml(exp, profile: str = "assignment") -> str:
     """A complete config file for `--config`, each key preceded by its description."""
-    from dlscope.execution import config as configs
+    from dlscope.contract import config as configs
 
     cfg = configs.resolve(exp, profile)
     data = cfg.model_dump(mode="json")

@@ -16,6 +16,7 @@ from pathlib import Path
 import tomli_w
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from dlscope.contract import limits
 from dlscope.errors import UserError
 
 if sys.version_info >= (3, 11):
@@ -71,9 +72,9 @@ class ExperimentConfig(BaseModel):
     booleans are not numbers and floats are not integers; numbers are finite; lists are not
     empty and hold no duplicates (unless the field says `json_schema_extra={"duplicates":
     True}`, for lists whose entries are positional, e.g. one run per entry); seeds are >= 0;
-    `*epochs` at most MAX_EPOCHS; sizes whose
-    memory follows from one field (`n_train`, `function_points`, `param_budget`) fit in the
-    machine's memory (dlscope.execution.limits)."""
+    `*epochs` at most MAX_EPOCHS; a size field whose memory follows from its value alone says
+    so (`json_schema_extra={"memory": ("data", 8)}`: 8 bytes of data per unit) and must fit
+    in the machine's memory (dlscope.contract.limits)."""
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     @model_validator(mode="before")
@@ -96,8 +97,6 @@ class ExperimentConfig(BaseModel):
 
     @model_validator(mode="after")
     def _meaningful(self):
-        from dlscope.execution import limits
-
         for key in type(self).model_fields:
             value = getattr(self, key)
             items = value if isinstance(value, (list, tuple)) else [value]
@@ -121,15 +120,13 @@ class ExperimentConfig(BaseModel):
             if key.endswith("epochs") and any(v > MAX_EPOCHS for v in ints):
                 raise ConfigProblem(key, f"{max(ints)} epochs is more than the limit "
                                          f"{MAX_EPOCHS:,}")
-            sizes = {}
-            if key in ("n_train", "function_points") and ints:
-                sizes = {"data": 4 * 2 * max(ints)}  # x and y, float32 [N, 1]
-            if key == "param_budget" and ints:
-                sizes = {"parameters": 4 * 4 * max(ints)}  # weights, grads, 2 Adam moments
-            try:
-                limits.check_params(key, sizes)
-            except UserError as err:
-                raise ConfigProblem("", str(err)) from None
+            memory = extra.get("memory") if isinstance(extra, dict) else None
+            if memory and ints:  # a size field: {"memory": (part, bytes per unit)}
+                part, each = memory
+                try:
+                    limits.check_params(key, {part: each * max(ints)})
+                except UserError as err:
+                    raise ConfigProblem("", str(err)) from None
         return self
 
 

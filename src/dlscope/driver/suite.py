@@ -17,7 +17,7 @@ from dlscope.execution.store import write_json
 
 def run_all(*, profile: str, out, log=print, **options) -> list[str]:
     """Run everything; return the names of the experiments that failed."""
-    from dlscope.execution.runner import run_experiment
+    from dlscope.driver.runner import run_experiment
 
     out = Path(out)
     t0 = time.perf_counter()

@@ -49,8 +49,8 @@ class ExperimentResult:
 
 def load(path) -> ExperimentResult | dict[str, ExperimentResult]:
     """Read a finished results folder: one experiment's, or an OUT folder holding several."""
+    from dlscope.contract import config as configs
     from dlscope.errors import UserError
-    from dlscope.execution import config as configs
 
     path = Path(path)
     if not (path / "summary.json").exists():

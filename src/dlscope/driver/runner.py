@@ -20,15 +20,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dlscope import __version__, experiments
+from dlscope import experiments
+from dlscope.contract import config as configs
+from dlscope.contract import limits
+from dlscope.contract.runspec import RunResult, RunSpec, resolve_run
+from dlscope.data import mnist_identity
+from dlscope.driver.result import ExperimentResult
 from dlscope.errors import UserError
-from dlscope.execution import config as configs
-from dlscope.execution import limits
 from dlscope.execution.executor import Task, choose, get_executor, worker_threads
-from dlscope.execution.result import ExperimentResult
-from dlscope.execution.runspec import RunResult, RunSpec, resolve_run
 from dlscope.execution.store import Store, atomic_write_text, write_json
 from dlscope.train.engine import ENGINE_VERSION, resolve_device
+from dlscope.version import __version__
 
 
 def _tasks(specs: list[RunSpec], workers: int) -> list[Task]:
@@ -120,11 +122,8 @@ def _device(device: str):
 
 def _data_used(specs: list[RunSpec], log) -> list[dict]:
     """The outside data the runs train on (loaded and fingerprinted once, logged once)."""
-    from dlscope.data.fingerprint import mnist_identity, uses_mnist
-
-    if not any(uses_mnist(s.params) for s in specs):
-        return []
-    return [mnist_identity(log=log)]
+    kinds = {s.data.get("kind") for s in specs if isinstance(s.data, dict)}
+    return [mnist_identity(log=log)] if "mnist" in kinds else []
 
 
 def _git_commit() -> str | None:
@@ -162,7 +161,7 @@ def run_experiment(name: str, *, profile: str = "assignment", config_file=None, 
     n_threads = worker_threads(executor, threads)
     ex = get_executor(executor, workers, **(executor_options or {}))
     specs = [dataclasses.replace(s, device=str(dev), threads=n_threads) for s in specs]
-    limits.check_specs(specs)  # sizes estimated before anything is allocated or written
+    limits.check_specs(specs, getattr(exp, "memory", None))  # before anything is allocated
     data = _data_used(specs, log)  # loads and fingerprints outside data (part of each hash)
 
     store = Store(Path(out) / name, log=log)
