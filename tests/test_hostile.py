@@ -21,7 +21,7 @@ import pytest
 from dlscope.data.cache import cache_dir_path, read_cache, write_cache
 from dlscope.data.idx import write_idx
 from dlscope.errors import UserError
-from dlscope.execution.runspec import RunResult, RunSpec
+from dlscope.contract.runspec import RunResult, RunSpec
 from dlscope.execution.store import Store
 
 # function-fit, as small as it gets: 2 runs of 1 epoch on 8 points
@@ -241,7 +241,7 @@ CLI_DEFAULT = {"functions=[]", "seed=-1", "n_train=10000000000000", "lr=inf", "e
 @pytest.mark.parametrize("item, message", REFUSED)
 def test_config_refusals(item, message):
     from dlscope import experiments
-    from dlscope.execution import config as configs
+    from dlscope.contract import config as configs
 
     exp = experiments.get("function-fit")
     with pytest.raises(UserError, match=None) as info:
@@ -287,7 +287,8 @@ def test_every_run_failing_on_a_fault_is_one_line_and_traceback_on_request(tmp_p
     show the full trace."""
     script = ("import sys, dlscope.experiments.function_fit as m\n"
               "def boom(p, ctx):\n    raise RuntimeError('disk on fire')\n"
-              "m.fit_one = boom\nfrom dlscope.cli import main\n"
+              "m.run_one = boom\nm.run_many = lambda ps, ctx: [boom(p, ctx) for p in ps]\n"
+              "from dlscope.cli import main\n"
               "sys.argv = ['dlscope', *sys.argv[1:]]\nmain()\n")
     base = [sys.executable, "-c", script]
     args = [*FIT, "--out", str(tmp_path / "O")]

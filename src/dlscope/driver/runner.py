@@ -144,29 +144,8 @@ def environment(device, threads: int, executor: str, workers: int) -> dict:
             "workers": workers, "git_commit": _git_commit()}
 
 
-# long: the one code path behind `dlscope run`, step by step in order (validate, run, write)
-def run_experiment(name: str, *, profile: str = "assignment", config_file=None, sets=(),
-                   overrides: dict | None = None, out="runs", executor: str = "auto",
-                   workers: int | None = None, device: str = "auto", threads: int | None = None,
-                   force: bool = False, progress: bool | None = None, log=print,
-                   executor_options: dict | None = None) -> ExperimentResult:
-    t0 = time.perf_counter()
-    exp = experiments.get(name)
-    cfg = configs.resolve(exp, profile, config_file, sets, overrides)
-    dev = _device(device)
-    specs = exp.runs(cfg)
-    for fn in dict.fromkeys(s.fn for s in specs):
-        resolve_run(fn)  # each names an existing run function: UserError before any output
-    executor = choose(executor, len(_tasks(specs, os.cpu_count() or 1)))
-    n_threads = worker_threads(executor, threads)
-    ex = get_executor(executor, workers, **(executor_options or {}))
-    specs = [dataclasses.replace(s, device=str(dev), threads=n_threads) for s in specs]
-    limits.check_specs(specs, getattr(exp, "memory", None))  # before anything is allocated
-    data = _data_used(specs, log)  # loads and fingerprints outside data (part of each hash)
-
-    store = Store(Path(out) / name, log=log)
-    created = _make_folder(store.root)
-    store.clean_temp()
+def _reuse(store: Store, specs: list[RunSpec], force: bool):
+    """(finished runs by hash, specs still to run): a stored run is reused unless --force."""
     results: dict[str, RunResult] = {}
     missing: list[RunSpec] = []
     for s in specs:
@@ -175,33 +154,92 @@ def run_experiment(name: str, *, profile: str = "assignment", config_file=None, 
             missing.append(s)
         else:
             results[s.hash] = r
-    reused = len(results)
-    log(f"{name}: {len(specs)} runs ({reused} reused, {len(missing)} to run) "
-        f"on {dev} with {ex.name} executor" + (f", {ex.workers} workers" if ex.workers > 1 else ""))
+    return results, missing
+
+
+def _execute(name: str, ex, store: Store, missing: list[RunSpec], results: dict, *,
+             total: int, force: bool, progress: bool | None, log):
+    """Run what is missing, storing each finished run as it arrives; the failures (dicts
+    for summary.json) and the exceptions behind them."""
+    from tqdm.auto import tqdm
 
     failures: list[dict] = []
     errors: list[BaseException] = []
-    if missing:
-        from tqdm.auto import tqdm
+    show = sys.stderr.isatty() if progress is None else progress
+    with tqdm(total=total, initial=len(results), desc=name, unit="run", disable=not show,
+              leave=False) as bar:
+        for task, outcome in ex.map(_tasks(missing, ex.workers)):
+            if isinstance(outcome, BaseException):
+                errors.append(outcome)
+                for s in task:
+                    failures.append({"run": s.key, "hash": s.hash, "error": _one_line(outcome)})
+                    log(f"{name}: run {s.key} failed: {_one_line(outcome)}")
+            else:
+                for s, r in zip(task, outcome):
+                    store.save(s, r, replace=force)  # else a concurrent copy wins
+                    results[s.hash] = r
+            bar.update(len(task))
+    return failures, errors
 
-        show = sys.stderr.isatty() if progress is None else progress
-        with tqdm(total=len(specs), initial=reused, desc=name, unit="run", disable=not show,
-                  leave=False) as bar:
-            for task, outcome in ex.map(_tasks(missing, ex.workers)):
-                if isinstance(outcome, BaseException):
-                    errors.append(outcome)
-                    for s in task:
-                        failures.append({"run": s.key, "hash": s.hash,
-                                         "error": _one_line(outcome)})
-                        log(f"{name}: run {s.key} failed: {_one_line(outcome)}")
-                else:
-                    for s, r in zip(task, outcome):
-                        if force:  # replace the finished run; else a concurrent copy wins
-                            store.save(s, r, replace=True)
-                        else:
-                            store.save(s, r)
-                        results[s.hash] = r
-                bar.update(len(task))
+
+def _summary(exp, name: str, profile: str, cfg, tables, ordered, *, wall: float, runs: int,
+             reused: int, failures: list[dict], observations: list[str], data) -> dict:
+    """summary.json: what the report and dlscope.load read (written last)."""
+    flagged = [{"run": s.key, "status": r.status} for s, r in ordered
+               if r.status not in ("ok", "converged")]
+    return {"experiment": name, "module": exp.__name__,  # dlscope.load imports it if needed
+            "title": exp.TITLE, "section": exp.SECTION,
+            "question": exp.QUESTION, "profile": profile, "wall_s": round(wall, 3),
+            "runs": runs, "reused": reused, "computed": len(ordered) - reused,
+            "failed": failures, "flagged": flagged, "observations": observations,
+            "data": data,
+            "headline": exp.headline(cfg, tables) if hasattr(exp, "headline") else {},
+            # per-setting medians and 95% intervals over seeds (experiments.stats)
+            "statistics": exp.statistics(cfg, tables) if hasattr(exp, "statistics") else {},
+            # reproduction verdicts against the papers (experiments.stats.Verdict)
+            "verdicts": ([v.to_dict() for v in exp.verdicts(cfg, tables)]
+                         if hasattr(exp, "verdicts") else [])}
+
+
+def _prepare(exp, specs: list[RunSpec], executor: str, workers, device: str, threads,
+             executor_options: dict | None):
+    """Validate device, executor and sizes before anything is written: (device, threads,
+    executor, specs with device and threads set)."""
+    dev = _device(device)
+    for fn in dict.fromkeys(s.fn for s in specs):
+        resolve_run(fn)  # each names an importable experiment module: UserError before output
+    executor = choose(executor, len(_tasks(specs, os.cpu_count() or 1)))
+    n_threads = worker_threads(executor, threads)
+    ex = get_executor(executor, workers, **(executor_options or {}))
+    specs = [dataclasses.replace(s, device=str(dev), threads=n_threads) for s in specs]
+    limits.check_specs(specs, getattr(exp, "memory", None))  # before anything is allocated
+    return dev, n_threads, ex, specs
+
+
+def run_experiment(name: str, *, profile: str = "assignment", config_file=None, sets=(),
+                   overrides: dict | None = None, out="runs", executor: str = "auto",
+                   workers: int | None = None, device: str = "auto", threads: int | None = None,
+                   force: bool = False, progress: bool | None = None, log=print,
+                   executor_options: dict | None = None) -> ExperimentResult:
+    """Run one experiment end to end (validate, run what is not stored, write) and return
+    its tables, figures and observations as an ExperimentResult."""
+    t0 = time.perf_counter()
+    exp = experiments.get(name)
+    cfg = configs.resolve(exp, profile, config_file, sets, overrides)
+    dev, n_threads, ex, specs = _prepare(exp, exp.runs(cfg), executor, workers, device,
+                                         threads, executor_options)
+    data = _data_used(specs, log)  # loads and fingerprints outside data (part of each hash)
+
+    store = Store(Path(out) / name, log=log)
+    created = _make_folder(store.root)
+    store.clean_temp()
+    results, missing = _reuse(store, specs, force)
+    reused = len(results)
+    log(f"{name}: {len(specs)} runs ({reused} reused, {len(missing)} to run) "
+        f"on {dev} with {ex.name} executor" + (f", {ex.workers} workers" if ex.workers > 1 else ""))
+    failures, errors = ([], []) if not missing else _execute(
+        name, ex, store, missing, results, total=len(specs), force=force, progress=progress,
+        log=log)
     if not results:
         _remove_created(created)
         _all_failed(name, failures, errors)
@@ -220,20 +258,8 @@ def run_experiment(name: str, *, profile: str = "assignment", config_file=None, 
     env["data"] = data  # what was trained on: verified MNIST or other data (never confused)
     env["wall_s"] = round(wall, 3)
     write_json(store.root / "env.json", env)
-    flagged = [{"run": s.key, "status": r.status} for s, r in ordered if r.status != "ok"
-               and r.status != "converged"]
-    summary = {"experiment": name, "module": exp.__name__,  # dlscope.load imports it if needed
-               "title": exp.TITLE, "section": exp.SECTION,
-               "question": exp.QUESTION, "profile": profile, "wall_s": round(wall, 3),
-               "runs": len(specs), "reused": reused, "computed": len(results) - reused,
-               "failed": failures, "flagged": flagged, "observations": observations,
-               "data": data,
-               "headline": exp.headline(cfg, tables) if hasattr(exp, "headline") else {},
-               # per-setting medians and 95% intervals over seeds (experiments.stats)
-               "statistics": exp.statistics(cfg, tables) if hasattr(exp, "statistics") else {},
-               # reproduction verdicts against the papers (experiments.stats.Verdict)
-               "verdicts": ([v.to_dict() for v in exp.verdicts(cfg, tables)]
-                            if hasattr(exp, "verdicts") else [])}
+    summary = _summary(exp, name, profile, cfg, tables, ordered, wall=wall, runs=len(specs),
+                       reused=reused, failures=failures, observations=observations, data=data)
     write_json(store.root / "summary.json", summary)
     log(f"{name}: done in {wall:.1f} s -> {store.root}")
     return ExperimentResult(name=name, path=store.root, config=cfg, tables=tables,
