@@ -10,10 +10,11 @@ import torch
 
 import dlscope
 from dlscope import experiments, models
+from dlscope.contract import config as configs
 from dlscope.data import MnistOptions, mnist_dataset
 from dlscope.errors import UserError
-from dlscope.execution import config as configs
-from dlscope.metrics.trajectory import flat_params, pca
+from dlscope.metrics.flat import flatten_params
+from dlscope.metrics.trajectory import pca
 from dlscope.train.engine import evaluate, seeded_model
 
 EXP = experiments.get("weight-pca")
@@ -121,7 +122,7 @@ def test_runs_is_an_alias_of_seeds():
 def test_epoch0_snapshot_is_the_seeded_init_and_runs_differ(result):
     runs = _arrays(result)
     spec = models.parse_model("mlp-pca")
-    inits = [flat_params(seeded_model(lambda: models.build(spec), s)).numpy() for s in (0, 1)]
+    inits = [flatten_params(seeded_model(lambda: models.build(spec), s)).numpy() for s in (0, 1)]
     np.testing.assert_array_equal(runs[0]["snapshots"][0], inits[0])  # run 0: seed 0
     np.testing.assert_array_equal(runs[1]["snapshots"][0], inits[1])  # run 1: seed 1
     assert not np.array_equal(inits[0], inits[1])
@@ -163,7 +164,7 @@ def test_ensemble_path_equals_solo_runs():
     """weight-pca's runs share a group: trained as one ensemble they equal solo trainings."""
     import dataclasses
 
-    from dlscope.execution.runspec import RunContext, execute
+    from dlscope.contract.runspec import RunContext, execute
     from dlscope.experiments import weight_pca
 
     cfg = configs.resolve(weight_pca, "quick", overrides={"seeds": 2, "epochs": 1, "every": 1,

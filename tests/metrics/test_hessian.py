@@ -121,15 +121,18 @@ def test_extreme_eigenvalues_match_exact_spectrum():
     snap = snapshot(model)
     ev = hessian_eigenvalues(model, ce, x, y)
     assert ev.size == 323 and ev[0] < 0 < ev[-1]
-    top, bottom = extreme_eigenvalues(model, ce, x, y, k=3)
+    r = extreme_eigenvalues(model, ce, x, y, k=3)
+    top, bottom = r.top, r.bottom
     scale = np.abs(ev).max()
     assert top.shape == bottom.shape == (3,)
     np.testing.assert_allclose(top, ev[-3:], rtol=0, atol=1e-6 * scale)
     np.testing.assert_allclose(bottom, ev[:3], rtol=0, atol=1e-6 * scale)
-    top_b, bottom_b = extreme_eigenvalues(model, ce, x, y, k=3, batch_size=64)  # chunked HVPs
+    rb = extreme_eigenvalues(model, ce, x, y, k=3, batch_size=64)  # chunked HVPs
+    top_b, bottom_b = rb.top, rb.bottom
     np.testing.assert_allclose(np.r_[bottom_b, top_b], np.r_[ev[:3], ev[-3:]], rtol=0,
                                atol=1e-6 * scale)
-    top32, bottom32 = extreme_eigenvalues(model, ce, x, y, k=3, dtype=torch.float32)
+    r32 = extreme_eigenvalues(model, ce, x, y, k=3, dtype=torch.float32)
+    top32, bottom32 = r32.top, r32.bottom
     np.testing.assert_allclose(np.r_[bottom32, top32], np.r_[ev[:3], ev[-3:]], rtol=0,
                                atol=1e-4 * scale)
     assert_unchanged(model, snap)
@@ -176,7 +179,8 @@ def test_saddle_of_deep_linear_chain_analytic():
     ev = hessian_eigenvalues(model, mse, x, y)  # the origin: a strict saddle, λ = ±2|mean(xy)|
     c = 2 * abs(np.mean(xs * ys))
     np.testing.assert_allclose(ev, [-c, c], rtol=1e-12)
-    top, bottom = extreme_eigenvalues(model, mse, x, y, k=1)  # P = 2: the dense fallback
+    r = extreme_eigenvalues(model, mse, x, y, k=1)  # P = 2: the dense fallback
+    top, bottom = r.top, r.bottom
     np.testing.assert_allclose([bottom[0], top[0]], [-c, c], rtol=1e-12)
     r = minimal_ratio(ev)
     assert r["minimal_ratio"] == 0.5 and r["frac_negative"] == 0.5 and r["frac_zero"] == 0.0

@@ -1,4 +1,4 @@
-"""Tests for dlscope.metrics.sensitivity, against closed forms and finite differences."""
+"""Tests for dlscope.metrics.input_sensitivity, against closed forms and finite differences."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlscope.errors import UserError
-from dlscope.metrics.sensitivity import loss_input_grad_norm, sensitivity
+from dlscope.metrics.input_sensitivity import loss_input_grad_norm, sensitivity
 
 
 def _snapshot(model):

@@ -1,4 +1,4 @@
-"""Tests for dlscope.metrics.sharpness: a quadratic loss whose box maximum is analytic."""
+"""Tests for dlscope.metrics.epsilon_sharpness: a quadratic loss whose box maximum is analytic."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlscope.errors import UserError
-from dlscope.metrics.sharpness import sharpness
+from dlscope.metrics.epsilon_sharpness import sharpness
 
 
 class Quadratic(nn.Module):
@@ -136,7 +136,7 @@ class QuadForm(nn.Module):
 
 @pytest.mark.parametrize("dtype,rel", [(torch.float64, 1e-8), (torch.float32, 1e-4)])
 def test_lambda_max_of_a_quadratic_is_its_largest_eigenvalue(dtype, rel):
-    from dlscope.metrics.sharpness import lambda_max
+    from dlscope.metrics.epsilon_sharpness import lambda_max
 
     rng = np.random.default_rng(4)
     n = 60

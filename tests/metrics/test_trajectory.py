@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from dlscope import models
 from dlscope.data import MnistOptions, mnist_dataset
 from dlscope.errors import UserError
-from dlscope.metrics.trajectory import flat_params, loss_plane, pca, plane_axis
+from dlscope.metrics.flat import flatten_params
+from dlscope.metrics.trajectory import loss_plane, pca, plane_axis
 from dlscope.train.engine import TrainConfig, evaluate, seeded_model, train
 
 
@@ -77,7 +78,7 @@ def trained():
 
 def _directions(model, seed=0):
     g = torch.Generator().manual_seed(seed)
-    c = flat_params(model)
+    c = flatten_params(model)
     d1, d2 = torch.randn(len(c), generator=g), torch.randn(len(c), generator=g)
     return c, d1 / d1.norm(), d2 / d2.norm()
 
@@ -92,7 +93,7 @@ def test_loss_plane_origin_equals_evaluate(trained, name):
     assert grid.shape == (len(alphas), len(betas))
     ref, _ = evaluate(model, x, y, classification=True)
     assert grid[alphas == 0.0, betas == 0.0][0] == pytest.approx(ref, rel=1e-5)
-    np.testing.assert_array_equal(flat_params(model), c)  # the model is left untouched
+    np.testing.assert_array_equal(flatten_params(model), c)  # the model is left untouched
 
 
 @pytest.mark.parametrize("fast", [True, False])
@@ -118,10 +119,10 @@ def test_loss_plane_rejects_wrong_sizes(trained):
         loss_plane(model, F.cross_entropy, x, y[:-1], c, d1, d2, [0.0], [0.0])
 
 
-def test_flat_params_takes_a_channels_last_cnn():
+def test_flatten_params_takes_a_channels_last_cnn():
     """The fast step trains CPU CNNs channels-last; their flat vector is the same numbers in
     the same order as torch's own `parameters_to_vector` of the contiguous module."""
     model = models.build("cnn-c")
     expected = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
     model.to(memory_format=torch.channels_last)
-    assert torch.equal(flat_params(model), expected)
+    assert torch.equal(flatten_params(model), expected)

@@ -49,6 +49,7 @@ BAND, MASS_MIN, RATIO_MIN = 0.01, 0.9, 10.0
 
 
 class Config(ExperimentConfig):
+    """Settings of the curvature experiment; defaults: the assignment profile."""
     seeds: int = Field(3, ge=1, description="seeds 0..n-1 (init, batch order and subset)")
     train_subset: int = Field(4000, ge=64, le=60000, description="MNIST training images")
     epochs: int = Field(6, ge=1, description="Adam epochs")
@@ -108,7 +109,7 @@ def run_one(p: dict, ctx) -> RunResult:
     def on_epoch(epoch: int, m, _metrics) -> None:
         if epoch not in p["checkpoints"]:
             return
-        top, _ = extreme_eigenvalues(m, F.cross_entropy, data, k=1, which="top", tol=1e-6)
+        top = extreme_eigenvalues(m, F.cross_entropy, data, k=1, which="top", tol=1e-6).top
         tr = hessian_trace(m, F.cross_entropy, data, exact=False, max_probes=p["trace"][0],
                            rtol=p["trace"][1], seed=p["seed"])
         row = {"epoch": epoch, "lambda_max": float(top[-1]), "trace": tr.trace,
@@ -131,6 +132,7 @@ def run_one(p: dict, ctx) -> RunResult:
 
 
 def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
+    """Tables from the run results: results (a row per run) and ritz (Ritz values)."""
     rows, dens = [], []
     for spec, r in results:
         s = spec.params["seed"]
@@ -154,6 +156,7 @@ def _density(g: pd.DataFrame, grid: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def figures(cfg: Config, tables) -> dict:
+    """The figures, by name, drawn from the tables."""
     res, rz = tables["results"], tables["ritz"]
     if res.empty or rz.empty:
         return {}
@@ -184,6 +187,7 @@ def _final(tables) -> pd.DataFrame:
 
 
 def statistics(cfg: Config, tables) -> dict:
+    """The numbers over seeds behind the verdicts and observations (summary.json)."""
     res = tables["results"]
     out = {}
     for e, g in res.groupby("epoch"):
@@ -194,6 +198,7 @@ def statistics(cfg: Config, tables) -> dict:
 
 
 def verdicts(cfg: Config, tables) -> list[stats.Verdict]:
+    """The published claims this run tests, each with its outcome."""
     f = _final(tables)
     mass, ratio = stats.interval(f.mass_band), stats.interval(f.outlier_ratio)
     statistic = (f"at epoch {cfg.epochs}: mass within |λ| ≤ {BAND:g}·λmax {mass.text('.3f')}; "
@@ -216,6 +221,7 @@ def verdicts(cfg: Config, tables) -> list[stats.Verdict]:
 
 
 def observations(cfg: Config, tables) -> list[str]:
+    """What this run shows, in sentences for the report."""
     res, out = tables["results"], []
     for e, g in res.groupby("epoch"):
         s = (f"epoch {e}: loss on the Hessian subset {stats.interval(g.loss).text('.3g')}; "
@@ -232,6 +238,7 @@ def observations(cfg: Config, tables) -> list[str]:
 
 
 def headline(cfg: Config, tables) -> dict:
+    """A few numbers that summarise this run (summary.json's headline)."""
     f = _final(tables)
     return {"final/lambda_max": float(f.lambda_max.median()),
             "final/mass_band": float(f.mass_band.median()),

@@ -28,8 +28,9 @@ import torch
 from pydantic import Field, model_validator
 
 from dlscope import models
-from dlscope.execution.config import ExperimentConfig
+from dlscope.contract.config import ExperimentConfig
 from dlscope.experiments import stats
+from dlscope.metrics.flat import flatten_params
 from dlscope.train.engine import TrainConfig, evaluate, train
 
 N_MNIST_TRAIN = 60000
@@ -156,13 +157,21 @@ def pipeline_reason(df: pd.DataFrame, cfg: MatchedConfig) -> str | None:
 
 
 def iv(values, fmt: str = ".3g", scale: float = 1.0) -> str:
-    """'median [lo, hi]' of the finite values (95% t-interval of the mean; n < 2: no interval)."""
-    i = stats.interval(values)
-    if i.n == 0:
-        return "n/a"
-    if not np.isfinite(i.lo):
-        return f"{i.median * scale:{fmt}} (1 seed)"
-    return f"{i.median * scale:{fmt}} [{i.lo * scale:{fmt}}, {i.hi * scale:{fmt}}]"
+    """`stats.brief` as the flatness experiments word it: '(1 seed)' and 'n/a'.
+
+    Args:
+        values: One number per seed; NaN and ±inf are left out.
+        fmt: Format spec of each number.
+        scale: Factor applied to each number first (100 for a percentage).
+
+    Returns:
+        'median [lo, hi]' (95% t-interval of the mean), 'median (1 seed)', or 'n/a'.
+
+    Example:
+        >>> iv([0.2, 0.4]), iv([0.5], ".2f", 100), iv([])
+        ('0.3 [-0.971, 1.57]', '50.00 (1 seed)', 'n/a')
+    """
+    return stats.brief(values, fmt, scale, few="(1 seed)", empty="n/a")
 
 
 def band(ax, groups, col: str, color: str,
@@ -216,6 +225,11 @@ def rebuild(params: dict, arrays: dict) -> torch.nn.Module:
 
 
 def flat_params(arrays: dict) -> np.ndarray:
-    """All saved parameters of a run ("param.*" arrays) as one float64 vector."""
-    return np.concatenate([np.ravel(v).astype(np.float64) for k, v in sorted(arrays.items())
-                           if k.startswith("param.")])
+    """All saved parameters of a run ("param.*" arrays) as one float64 vector.
+
+    ``metrics.flat.flatten_params`` of the arrays in sorted-name order (not the model's
+    ``named_parameters()`` order: distances and norms do not depend on it, and the sorted
+    order keeps the stored numbers bit for bit)."""
+    params = {k: torch.from_numpy(np.array(v, dtype=np.float64)) for k, v in sorted(arrays.items())
+              if k.startswith("param.")}
+    return flatten_params(params).numpy()

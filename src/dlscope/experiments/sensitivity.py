@@ -58,6 +58,7 @@ QUESTION = ("At matched training, how do sharpness, input sensitivity and the ge
 
 
 class Config(MatchedConfig):
+    """Settings of the sensitivity experiment; defaults: the assignment profile."""
     model: str = Field("mlp:784-128-64-10", description="MNIST model of every training")
     batch_sizes: list[int] = Field([16, 64, 256, 1024, 4096], min_length=2,
                                    description="batch sizes (one model per batch size and seed)")
@@ -164,6 +165,7 @@ COLUMNS = ["batch_size", "seed", "lr", "reached", "steps", "criterion_step", "tr
 
 
 def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
+    """Tables from the run results: results (a row per trained model)."""
     rows = []
     for spec, r in results:
         v = r.values
@@ -192,6 +194,7 @@ def _metrics(cfg: Config) -> list[tuple[str, str]]:
 
 
 def figures(cfg: Config, tables) -> dict:
+    """The figures, by name, drawn from the tables."""
     df = tables["results"]
     by_bs = df.groupby("batch_size")
     note = f"matched: {cfg.criterion_text()}; band: IQR over seeds, ×: missed"
@@ -240,6 +243,7 @@ def _ok(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def statistics(cfg: Config, tables) -> dict:
+    """The numbers over seeds behind the verdicts and observations (summary.json)."""
     df = tables["results"]
     ok = _ok(df)
     out: dict = {"matched_criterion": cfg.criterion_text(), "lr_scaling": cfg.lr_scaling,
@@ -265,6 +269,7 @@ _KESKAR = "Keskar et al. 2017 (arXiv:1609.04836)"
 
 
 def verdicts(cfg: Config, tables) -> list[stats.Verdict]:
+    """The published claims this run tests, each with its outcome."""
     df = tables["results"]
     b0, b1 = int(df.batch_size.min()), int(df.batch_size.max())
     claims = [(c, f"At matched training, batch {b1} gives a higher {label} than batch {b0}",
@@ -301,6 +306,7 @@ def verdicts(cfg: Config, tables) -> list[stats.Verdict]:
 
 
 def observations(cfg: Config, tables) -> list[str]:
+    """What this run shows, in sentences for the report."""
     df = tables["results"]
     ok = _ok(df)
     out = [(f"Matched training: {cfg.criterion_text()}; lr scaling {cfg.lr_scaling}; "
@@ -326,6 +332,7 @@ def observations(cfg: Config, tables) -> list[str]:
 
 
 def headline(cfg: Config, tables) -> dict:
+    """A few numbers that summarise this run (summary.json's headline)."""
     ok = _ok(tables["results"])
     out = {}
     for bs, g in ok.groupby("batch_size"):

@@ -36,7 +36,8 @@ from dlscope import models, plotting
 from dlscope.contract.config import ExperimentConfig
 from dlscope.contract.runspec import RunResult, RunSpec
 from dlscope.experiments import stats
-from dlscope.metrics.trajectory import flat_params, loss_plane, pca, plane_axis
+from dlscope.metrics.flat import flatten_params
+from dlscope.metrics.trajectory import loss_plane, pca, plane_axis
 from dlscope.train.engine import TrainConfig, evaluate, seeded_model, train
 
 NAME = "weight-pca"
@@ -54,6 +55,7 @@ LI_RANGE = (0.40, 0.90)
 
 
 class Config(ExperimentConfig):
+    """Settings of the weight-pca experiment; defaults: the assignment profile."""
     seeds: int = Field(8, ge=1, description="independent trainings (fresh init and seed each); "
                        "`runs` is accepted as an alias")
     epochs: int = Field(24, ge=1, description="epochs per training")
@@ -100,6 +102,7 @@ PROFILES = {"quick": {"seeds": 4, "epochs": 6, "every": 2, "train_subset": 10000
 
 
 def snapshot_epochs(epochs: int, every: int) -> list[int]:
+    """The epochs whose weights are kept: every `every`-th and the last."""
     return sorted({*range(0, epochs + 1, every), epochs})
 
 
@@ -132,7 +135,7 @@ def _prepare(p: dict, ds, device):
 
     def on_epoch(epoch: int, m, _metrics) -> None:
         if epoch in keep:
-            snaps.append(flat_params(m).cpu().numpy().astype(np.float32))
+            snaps.append(flatten_params(m).cpu().numpy().astype(np.float32))
             rows.append((epoch, *evaluate(m, xs, ys, True),
                          *evaluate(m, ds.x_test, ds.y_test, True)))
 
@@ -193,6 +196,7 @@ def _finish(p: dict, ds, model, res, state) -> RunResult:
 
 
 def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
+    """Tables from the run results: results, variance, trajectory, landscape, run_variance."""
     res = [r for _, r in results]
     meta = pd.DataFrame([{"run": r.values["run"], "seed": r.values["seed"], "epoch": e,
                           **{k: r.arrays[k][j] for k in ("train_loss", "train_acc", "test_acc")}}
@@ -241,6 +245,7 @@ def _label(col: str, v: float) -> str:
 
 
 def figures(cfg: Config, tables) -> dict:
+    """The figures, by name, drawn from the tables."""
     figs, var = {}, tables["variance"].set_index("scope")
     for scope, pts in tables["points"].groupby("scope", sort=False):
         fig, ax = plotting.figure(width=6.4, height=5.0)
@@ -288,6 +293,7 @@ def _colors(n: int) -> list:
 
 
 def observations(cfg: Config, tables) -> list[str]:
+    """What this run shows, in sentences for the report."""
     out, var, res = [], tables["variance"].set_index("scope"), tables["results"]
     pts = tables["points"]
     for scope, name in SCOPES.items():
@@ -310,28 +316,22 @@ def observations(cfg: Config, tables) -> list[str]:
                    f"weights, lowest at (alpha, beta) = ({low.alpha:.3g}, {low.beta:.3g}).")
     if "run_variance" in tables:
         rv = tables["run_variance"]
-        per = "; ".join(f"{SCOPES[sc]} {_pct(g.pc12, 1)}%, range {100 * g.pc12.min():.1f}-"
-                        f"{100 * g.pc12.max():.1f}%" for sc, g in rv.groupby("scope", sort=False))
+        per = "; ".join(f"{SCOPES[sc]} {stats.brief(g.pc12, '.1f', 100)}%, range "
+                        f"{100 * g.pc12.min():.1f}-{100 * g.pc12.max():.1f}%"
+                        for sc, g in rv.groupby("scope", sort=False))
         out.append(f"Each run's own trajectory (theta_t - theta_final), share of its variance in "
                    f"its top two PCA directions, median [95% t-interval of the mean] over "
                    f"{rv.run.nunique()} runs: {per} (Li et al. 2018: 40-90%).")
     ok = res[res.status.isin(["ok", "converged"])]
     out.append(f"After {int(res.epochs_run.max())} epochs, median [95% t-interval of the mean] "
-               f"over {len(ok)} runs: train loss {_pct(ok.train_loss, 3, 1, 'g')}, train accuracy "
-               f"{_pct(ok.train_acc)}% ({cfg.eval_subset}-image subset), test accuracy "
-               f"{_pct(ok.test_acc)}% (min {100 * ok.test_acc.min():.2f}%, max "
-               f"{100 * ok.test_acc.max():.2f}%).")
+               f"over {len(ok)} runs: train loss {stats.brief(ok.train_loss)}, train accuracy "
+               f"{stats.brief(ok.train_acc, '.2f', 100)}% ({cfg.eval_subset}-image subset), "
+               f"test accuracy {stats.brief(ok.test_acc, '.2f', 100)}% (min "
+               f"{100 * ok.test_acc.min():.2f}%, max {100 * ok.test_acc.max():.2f}%).")
     bad = res[~res.status.isin(["ok", "converged"])]
     if len(bad):
         out.append(f"Runs not ok: {', '.join(f'{r.run} ({r.status})' for r in bad.itertuples())}.")
     return out
-
-
-def _pct(values, digits: int = 2, scale: float = 100, kind: str = "f") -> str:
-    iv, f = stats.interval(values), f".{digits}{kind}"
-    if iv.n < stats.MIN_SEEDS:
-        return f"{scale * iv.median:{f}} (no interval)"
-    return f"{scale * iv.median:{f}} [{scale * iv.lo:{f}}, {scale * iv.hi:{f}}]"
 
 
 def under_trained(cfg: Config) -> bool:
@@ -340,6 +340,7 @@ def under_trained(cfg: Config) -> bool:
 
 
 def statistics(cfg: Config, tables) -> dict:
+    """The numbers over seeds behind the verdicts and observations (summary.json)."""
     res, var = tables["results"], tables["variance"].set_index("scope")
     ok = res[res.status.isin(["ok", "converged"])]
     out: dict = {"interval": "95% t-interval of the mean over runs (seeds; stats.interval)",
@@ -354,6 +355,7 @@ def statistics(cfg: Config, tables) -> dict:
 
 
 def verdicts(cfg: Config, tables) -> list[stats.Verdict]:
+    """The published claims this run tests, each with its outcome."""
     published = f"{100 * LI_RANGE[0]:.0f}-{100 * LI_RANGE[1]:.0f}% in the first two directions"
     snaps = len(snapshot_epochs(cfg.epochs, cfg.every))
     if under_trained(cfg) or snaps < 4 or "run_variance" not in tables:
@@ -389,6 +391,7 @@ def _pairwise(xy: np.ndarray) -> float:
 
 
 def headline(cfg: Config, tables) -> dict:
+    """A few numbers that summarise this run (summary.json's headline)."""
     var, res = tables["variance"].set_index("scope"), tables["results"]
     out = {f"{s}_pc12_var": float(var.loc[s].pc12) for s in var.index}
     out.update(test_acc_mean=float(res.test_acc.mean()),

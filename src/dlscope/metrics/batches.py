@@ -22,6 +22,8 @@ from torch import nn
 
 from dlscope.errors import UserError
 
+__all__ = ["as_batches", "full_loss", "iter_batches", "model_device", "n_samples"]
+
 
 def _is_pair(data) -> bool:
     return (isinstance(data, (tuple, list)) and len(data) == 2
@@ -29,7 +31,22 @@ def _is_pair(data) -> bool:
 
 
 def as_batches(data, batch_size: int | None = None):
-    """``data`` as a re-iterable of ``(x, y)`` batches (see the module docstring)."""
+    """``data`` as a re-iterable of ``(x, y)`` batches (see the module docstring).
+
+    Args:
+        data: a pair of tensors, a dlscope Dataset or a re-iterable of batches.
+        batch_size: cut a pair of tensors into chunks of this size (None: one batch).
+
+    Returns:
+        A list of ``(x, y)`` chunks for a pair or a Dataset, else ``data`` itself.
+
+    Raises:
+        UserError: a bad ``batch_size``, mismatched or empty tensors, a one-shot iterator or
+            anything else.
+
+    >>> [tuple(t.tolist() for t in b) for b in as_batches((torch.arange(3), torch.arange(3)), 2)]
+    [([0, 1], [0, 1]), ([2], [2])]
+    """
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise UserError(f"batch_size must be a positive integer or None, got {batch_size!r}")
     if hasattr(data, "x_train") and hasattr(data, "y_train"):
@@ -54,7 +71,22 @@ def as_batches(data, batch_size: int | None = None):
 
 def iter_batches(data, device=None, batch_size: int | None = None
                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield the ``(x, y)`` batches of ``data`` on ``device`` (None: where they are)."""
+    """Yield the ``(x, y)`` batches of ``data`` on ``device``, checking each.
+
+    Args:
+        data: as for :func:`as_batches`.
+        device: where to move each batch (None: where they are).
+        batch_size: as for :func:`as_batches`.
+
+    Returns:
+        An iterator of ``(x, y)`` tensor pairs.
+
+    Raises:
+        UserError: a batch that is not a non-empty ``(x, y)`` pair, or no batches at all.
+
+    >>> [len(x) for x, _ in iter_batches([(torch.ones(2, 1), torch.ones(2))] * 3)]
+    [2, 2, 2]
+    """
     empty = True
     for i, item in enumerate(as_batches(data, batch_size)):
         if not (isinstance(item, (tuple, list)) and len(item) >= 2
@@ -73,14 +105,35 @@ def iter_batches(data, device=None, batch_size: int | None = None
 
 
 def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (CPU for a model without parameters)."""
+    """The device of the model's first parameter.
+
+    Args:
+        model: the network.
+
+    Returns:
+        The device (CPU for a model without parameters).
+
+    >>> model_device(torch.nn.ReLU())
+    device(type='cpu')
+    """
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
 
 
 def n_samples(data, batch_size: int | None = None) -> int:
-    """The number of samples in ``data`` (one pass when it is an iterable of batches)."""
+    """The number of samples in ``data`` (one pass when it is an iterable of batches).
+
+    Args:
+        data: as for :func:`as_batches`.
+        batch_size: as for :func:`as_batches`.
+
+    Returns:
+        The total of the batches' lengths.
+
+    >>> n_samples([(torch.ones(2, 1), torch.ones(2)), (torch.ones(3, 1), torch.ones(3))])
+    5
+    """
     return sum(int(x.shape[0]) for x, _ in iter_batches(data, batch_size=batch_size))
 
 
@@ -88,8 +141,25 @@ def n_samples(data, batch_size: int | None = None) -> int:
 def full_loss(model: nn.Module, loss_fn, data, batch_size: int | None = None) -> float:
     """The mean of ``loss_fn`` over all samples of ``data``, in the model's current mode.
 
-    Each batch is moved to the model's device; ``loss_fn`` must be a mean over its batch
-    (``F.cross_entropy``, ``F.mse_loss``), and batch losses are weighted by their sizes.
+    Each batch is moved to the model's device; batch losses are weighted by their sizes.
+
+    Args:
+        model: the network.
+        loss_fn: a mean over its batch (``F.cross_entropy``, ``F.mse_loss``).
+        data: as for :func:`as_batches`.
+        batch_size: as for :func:`as_batches`.
+
+    Returns:
+        The mean loss over all samples, a float.
+
+    The mean of ``(w·x)²`` with ``w = 0`` and ``y = 1, 2, 3`` is ``(1 + 4 + 9)/3``:
+
+    >>> m = torch.nn.Linear(1, 1, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = m.weight.zero_()
+    >>> data = (torch.ones(3, 1), torch.tensor([[1.0], [2.0], [3.0]]))
+    >>> round(full_loss(m, torch.nn.functional.mse_loss, data, batch_size=2), 12)
+    4.666666666667
     """
     device = model_device(model)
     total, n = 0.0, 0

@@ -51,7 +51,10 @@ import torch
 from torch import nn
 
 from dlscope.errors import UserError
-from dlscope.metrics.hessian import LossFn, flat_loss, hessian_of, unflatten_params
+from dlscope.metrics.flat import LossFn, flat_loss, hessian_of, param_shapes, unflatten_params
+
+__all__ = ["EPS64", "METHODS", "TOL_C", "classify_spectrum", "minimize_grad_norm",
+           "noise_floor_tol"]
 
 METHODS = {"newton": (500, 1.0), "lbfgs": (3000, 1.0), "adam": (20000, 1e-4)}  # steps, lr
 _ARMIJO = 1e-4  # fraction of the predicted decrease of ‖∇L‖² a step must achieve
@@ -64,7 +67,18 @@ TOL_C = 100.0  # default c of the tolerance c·eps·P·max|λ|
 
 
 def noise_floor_tol(eigenvalues, c: float = TOL_C) -> float:
-    """``c · eps · P · max|λ|``: eigenvalues with ``|λ| ≤`` this count as zero (float64 eps)."""
+    """The float64 noise floor of a spectrum: eigenvalues with ``|λ| ≤`` it count as zero.
+
+    Args:
+        eigenvalues: the P eigenvalues.
+        c: the safety factor.
+
+    Returns:
+        ``c · eps · P · max|λ|`` (0 for no eigenvalues).
+
+    >>> noise_floor_tol([1.0, -2.0], c=1.0) == 2 * EPS64 * 2
+    True
+    """
     ev = np.asarray(eigenvalues, dtype=np.float64)
     return float(c * EPS64 * ev.size * np.max(np.abs(ev))) if ev.size else 0.0
 
@@ -77,6 +91,16 @@ def classify_spectrum(eigenvalues, c: float = TOL_C) -> dict:
     negative), ``frac_zero`` the rest. ``kind``: "saddle" if any λ < −tol (a direction of
     descent exists), "minimum" if every λ > tol, "degenerate" if none is negative but some are
     within the tolerance (second order cannot tell minimum from saddle).
+
+    Args:
+        eigenvalues: the Hessian's eigenvalues, finite.
+        c: the factor of the tolerance.
+
+    Returns:
+        The dict above.
+
+    Raises:
+        UserError: empty or non-finite eigenvalues, or a bad ``c``.
 
     >>> r = classify_spectrum([-2.0, 0.0, 1e-20, 3.0])
     >>> r["kind"], r["minimal_ratio"], r["index"], r["frac_zero"]
@@ -105,36 +129,7 @@ def _loss_and_grad(f, th, x, y, create_graph=False):
     return loss, g
 
 
-# long: a third of it is the docstring stating the method and what is recorded
-def minimize_grad_norm(model: nn.Module, loss_fn: LossFn, x, y, threshold: float = 1e-4,
-                       max_steps: int | None = None, lr: float | None = None,
-                       method: str = "newton", damping: float = 1.0,
-                       time_limit: float | None = None) -> dict:
-    """Minimize ‖∇L‖ of the full-batch loss from the model's current parameters, in place.
-
-    Stops as soon as ‖∇L‖ < ``threshold``, after ``max_steps`` iterations (Newton/L-BFGS
-    iterations or Adam steps; default 500 / 3000 / 20000), after ``time_limit`` seconds, or
-    when the Newton method stalls (no step lowers ‖∇L‖² even at damping weight 1e12). ``lr``:
-    Adam's learning rate (default 1e-4), L-BFGS's (1.0), a scale on the Newton step (1.0).
-    ``damping``: initial weight ν of the Newton method's damping ν·max|λ(H)|·‖∇L‖. The model
-    must be float64 for thresholds below ~1e-5 (``model.double()``; the caller's job).
-
-    The model ends at the evaluated point with the smallest gradient norm. Returns
-    ``{grad_norm, loss, loss_start, grad_norm_start, distance, reached, stalled, steps,
-    history, method, seconds}``: ``grad_norm`` and ``loss`` are recomputed on the model as it
-    is left, ``loss_start``/``grad_norm_start`` at the starting point, ``distance`` =
-    ‖θ_end − θ_start‖ (Euclidean, all parameters), ``reached`` says whether ``grad_norm <
-    threshold`` (a failed run is reported, never raised) and ``history`` lists ``{step, loss,
-    grad_norm}`` per iteration (for ``"newton"``: per accepted step). Put the model in
-    ``eval()`` if it has dropout.
-
-    >>> import torch
-    >>> m = torch.nn.Linear(1, 1).double()
-    >>> x = torch.linspace(-1, 1, 9, dtype=torch.float64)[:, None]
-    >>> r = minimize_grad_norm(m, torch.nn.functional.mse_loss, x, 3 * x - 1, threshold=1e-12)
-    >>> r["reached"], round(m.weight.item(), 9), round(m.bias.item(), 9)
-    (True, 3.0, -1.0)
-    """
+def _steps_and_lr(method: str, threshold, max_steps, lr) -> tuple[int, float]:
     if method not in METHODS:
         raise UserError(f"method must be one of {sorted(METHODS)}, got {method!r}")
     if not (isinstance(threshold, (int, float)) and threshold > 0):
@@ -143,12 +138,67 @@ def minimize_grad_norm(model: nn.Module, loss_fn: LossFn, x, y, threshold: float
     max_steps = steps_default if max_steps is None else max_steps
     if not isinstance(max_steps, int) or max_steps < 0:
         raise UserError(f"max_steps must be a non-negative integer, got {max_steps!r}")
-    lr = lr_default if lr is None else float(lr)
+    return max_steps, lr_default if lr is None else float(lr)
+
+
+def _load(model: nn.Module, theta: torch.Tensor, loss_fn: LossFn, x, y) -> tuple[float, float]:
+    """Write the flat ``theta`` into the model; ``(loss, ‖∇L‖)`` recomputed there."""
+    best = unflatten_params(theta, param_shapes(model))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(best[name])
+    loss = loss_fn(model(x), y)
+    grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+    gnorm = torch.sqrt(sum((g.detach() ** 2).sum() for g in grads if g is not None)).item()
+    return loss.item(), gnorm
+
+
+def minimize_grad_norm(model: nn.Module, loss_fn: LossFn, x, y, threshold: float = 1e-4,
+                       max_steps: int | None = None, lr: float | None = None,
+                       method: str = "newton", damping: float = 1.0,
+                       time_limit: float | None = None) -> dict:
+    """Minimize ‖∇L‖ of the full-batch loss from the model's current parameters, in place.
+
+    Stops as soon as ‖∇L‖ < ``threshold``, after ``max_steps`` iterations, after
+    ``time_limit`` seconds, or when the Newton method stalls (no step lowers ‖∇L‖² even at
+    damping weight 1e12). The model ends at the evaluated point with the smallest gradient
+    norm. Put it in ``eval()`` if it has dropout.
+
+    Args:
+        model: the network, moved in place; float64 for thresholds below ~1e-5
+            (``model.double()``; the caller's job).
+        loss_fn: the batch-mean loss.
+        x: all inputs.
+        y: all targets.
+        threshold: the gradient norm to reach.
+        max_steps: Newton/L-BFGS iterations or Adam steps (default 500 / 3000 / 20000).
+        lr: Adam's learning rate (default 1e-4), L-BFGS's (1.0), a scale on the Newton step.
+        method: ``"newton"``, ``"lbfgs"`` or ``"adam"`` (see the module docstring).
+        damping: initial weight ν of the Newton method's damping ν·max|λ(H)|·‖∇L‖.
+        time_limit: seconds, or ``None``.
+
+    Returns:
+        ``{grad_norm, loss, loss_start, grad_norm_start, distance, reached, stalled, steps,
+        history, method, seconds}``: ``grad_norm`` and ``loss`` recomputed on the model as it
+        is left, ``distance`` = ‖θ_end − θ_start‖, ``reached`` whether ``grad_norm <
+        threshold`` (a failed run is reported, never raised), ``history`` ``{step, loss,
+        grad_norm}`` per iteration (for ``"newton"``: per accepted step).
+
+    Raises:
+        UserError: bad settings, a model without parameters, Newton with P > 10,000.
+
+    >>> import torch
+    >>> m = torch.nn.Linear(1, 1).double()
+    >>> x = torch.linspace(-1, 1, 9, dtype=torch.float64)[:, None]
+    >>> r = minimize_grad_norm(m, torch.nn.functional.mse_loss, x, 3 * x - 1, threshold=1e-12)
+    >>> r["reached"], round(m.weight.item(), 9), round(m.bias.item(), 9)
+    (True, 3.0, -1.0)
+    """
+    max_steps, lr = _steps_and_lr(method, threshold, max_steps, lr)
     params = list(model.parameters())
     if not params:
         raise UserError("the model has no parameters")
-    dtype = params[0].dtype
-    f, theta, xd, yd = flat_loss(model, loss_fn, x, y, dtype)
+    f, theta, xd, yd = flat_loss(model, loss_fn, x, y, params[0].dtype)
     if method == "newton" and theta.numel() > 10_000:
         raise UserError(f"method='newton' needs the dense Hessian; {theta.numel()} parameters "
                         "is too many: use method='lbfgs'")
@@ -156,14 +206,8 @@ def minimize_grad_norm(model: nn.Module, loss_fn: LossFn, x, y, threshold: float
     loss0, _, norm0 = run.evaluate(theta)
     if not run.done():
         {"newton": _newton, "lbfgs": _lbfgs, "adam": _adam}[method](run, theta, lr, damping)
-    best = unflatten_params(run.best_theta, [(n, p.shape) for n, p in model.named_parameters()])
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(best[name])
-    loss = loss_fn(model(xd), yd)
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    gnorm = torch.sqrt(sum((g.detach() ** 2).sum() for g in grads if g is not None)).item()
-    return {"grad_norm": gnorm, "loss": loss.item(), "loss_start": float(loss0),
+    loss, gnorm = _load(model, run.best_theta, loss_fn, xd, yd)
+    return {"grad_norm": gnorm, "loss": loss, "loss_start": float(loss0),
             "grad_norm_start": norm0, "distance": (run.best_theta - theta).norm().item(),
             "reached": gnorm < threshold, "stalled": run.stalled, "steps": run.steps,
             "history": run.history, "method": method,

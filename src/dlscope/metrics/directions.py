@@ -34,6 +34,22 @@ def filter_normalized_direction(model: nn.Module, seed: int = 0) -> dict[str, to
     The Gaussian draw depends only on ``seed`` and the parameter shapes (a CPU generator, in
     ``named_parameters`` order), so models of one architecture get the same raw draw, each
     rescaled to its own filters.  A filter of θ that is exactly zero stays zero in d.
+
+    Args:
+        model: the network.
+        seed: the seed of the Gaussian draw.
+
+    Returns:
+        ``{name: tensor}`` with the parameters' names, shapes, dtypes and devices.
+
+    Each row of a weight gets the norm of the same row of θ; biases get 0:
+
+    >>> m = torch.nn.Linear(2, 2)
+    >>> with torch.no_grad():
+    ...     _ = m.weight.copy_(torch.tensor([[3.0, 4.0], [0.0, 1.0]]))
+    >>> d = filter_normalized_direction(m, seed=0)
+    >>> d["weight"].norm(dim=1), d["bias"]
+    (tensor([5., 1.]), tensor([0., 0.]))
     """
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     out: dict[str, torch.Tensor] = {}
@@ -57,6 +73,26 @@ def loss_curve_1d(model: nn.Module, direction: dict[str, torch.Tensor], ts: Iter
 
     The parameters are moved in place under ``no_grad`` and restored exactly (a saved copy)
     afterwards, also on error; the model's mode is left to ``evaluate``.
+
+    Args:
+        model: the network.
+        direction: ``{name: tensor}`` with the model's parameter names.
+        ts: the step sizes t.
+        evaluate: ``evaluate(model) -> dict`` of numbers.
+
+    Returns:
+        A DataFrame, one row per t: ``t`` and ``evaluate``'s keys.
+
+    Raises:
+        UserError: ``direction`` and the model have different parameter names.
+
+    >>> m = torch.nn.Linear(1, 1, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = m.weight.fill_(1.0)
+    >>> df = loss_curve_1d(m, {"weight": torch.ones(1, 1)}, [-1.0, 2.0],
+    ...                    lambda mm: {"w": mm.weight.item()})
+    >>> df["w"].tolist(), m.weight.item()  # θ + t·d, then θ restored
+    ([0.0, 3.0], 1.0)
     """
     params = dict(model.named_parameters())
     if set(direction) != set(params):
@@ -78,8 +114,20 @@ def loss_curve_1d(model: nn.Module, direction: dict[str, torch.Tensor], ts: Iter
 
 
 def curve_rise(t, loss) -> float:
-    """Width summary of a 1-D curve symmetric about t = 0: the mean loss at t = ±max|t|/2
-    (the nearest grid points) minus the loss at t = 0. Larger: a narrower minimum."""
+    """Width summary of a 1-D curve symmetric about t = 0; larger: a narrower minimum.
+
+    Args:
+        t: the step sizes.
+        loss: the loss at each t.
+
+    Returns:
+        The mean loss at t = ±max|t|/2 (the nearest grid points) minus the loss at t = 0.
+
+    For ``loss = t²`` on [−2, 2]: the loss at ±1 is 1:
+
+    >>> curve_rise([-2, -1, 0, 1, 2], [4.0, 1.0, 0.0, 1.0, 4.0])
+    1.0
+    """
     t, loss = np.asarray(t, dtype=float), np.asarray(loss, dtype=float)
     half = np.abs(t).max() / 2
     at = [loss[np.abs(t - v).argmin()] for v in (-half, half)]

@@ -5,12 +5,14 @@ default) *copy* of ALL the model's parameters flattened into one vector, evaluat
 ``torch.func.functional_call``: the Hessian is the full P×P matrix, cross-layer blocks
 included, of the loss on the whole batch ``x, y``. The model passed in is never modified.
 
-- :func:`flatten_params`, :func:`param_shapes`: the flat-vector view of a model.
+- :func:`flatten_params`, :func:`param_shapes`: the flat-vector view of a model (these
+  primitives live in ``metrics/flat.py`` and are re-exported here).
 - :func:`full_hessian`, :func:`hessian_eigenvalues`: exact dense Hessian (P up to a few
   thousand) and its spectrum from a symmetric solver.
-- :func:`hvp_operator`, :func:`extreme_eigenvalues`: Hessian-vector products as a SciPy
-  ``LinearOperator`` and the k largest / smallest eigenvalues by Lanczos (``eigsh``), over
-  a pair of tensors or any iterable of ``(x, y)`` batches (``metrics/batches.py``).
+- :func:`hvp_operator`: Hessian-vector products as a SciPy ``LinearOperator``, over a pair
+  of tensors or any iterable of ``(x, y)`` batches (``metrics/batches.py``);
+  :func:`extreme_eigenvalues` (``metrics/spectrum.py``, re-exported): the k largest /
+  smallest eigenvalues by Lanczos.
 - Trace and spectral density: ``metrics/trace.py`` (Hutchinson), ``metrics/density.py`` (SLQ).
 - :func:`minimal_ratio`: fractions of positive, negative and near-zero eigenvalues.
 
@@ -20,182 +22,138 @@ first if it has dropout or batch norm, or the "Hessian" is that of a random func
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-
 import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator
 from torch import nn
-from torch.func import functional_call, jacrev, jvp, vmap
 
 from dlscope.errors import UserError
+from dlscope.metrics.flat import (
+    LossFn,
+    cast,
+    flat_loss,
+    flatten_params,
+    grad_fn,
+    hessian_of,
+    param_shapes,
+    unflatten_params,
+)
+from dlscope.metrics.operators import HessianOperator
+from dlscope.metrics.spectrum import EigenResult, extreme_eigenvalues
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def param_shapes(model: nn.Module) -> list[tuple[str, torch.Size]]:
-    """``[(name, shape), ...]`` of the model's parameters, in the order of the flat vector."""
-    return [(name, p.shape) for name, p in model.named_parameters()]
-
-
-def flatten_params(model: nn.Module) -> torch.Tensor:
-    """A detached copy of all parameters concatenated in ``named_parameters()`` order."""
-    parts = [p.detach().reshape(-1) for _, p in model.named_parameters()]
-    if not parts:
-        raise UserError("the model has no parameters")
-    return torch.cat(parts).clone()
-
-
-def unflatten_params(theta: torch.Tensor, shapes) -> dict[str, torch.Tensor]:
-    """Split a flat vector back into ``{name: tensor}`` (views of ``theta``) for functional_call."""
-    total = sum(math.prod(shape) for _, shape in shapes)
-    if theta.shape[-1] != total:
-        raise UserError(f"flat vector has {theta.shape[-1]} entries, the model has {total}")
-    out, i = {}, 0
-    for name, shape in shapes:
-        n = math.prod(shape)
-        out[name] = theta[i : i + n].reshape(shape)
-        i += n
-    return out
-
-
-def _cast(t, dtype):
-    return t.to(dtype) if torch.is_tensor(t) and t.is_floating_point() else t
-
-
-def flat_loss(model: nn.Module, loss_fn: LossFn, x, y, dtype=torch.float64):
-    """``(f, theta, x, y)``: ``f(theta, x, y)`` is the loss as a function of a flat vector.
-
-    ``theta`` is a ``dtype`` copy of the parameters; floating ``x``/``y`` and the buffers are
-    cast to ``dtype`` (copies, so batch-norm statistics of the model are never touched).
-    """
-    if not isinstance(model, nn.Module):
-        raise UserError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not (torch.is_tensor(x) and torch.is_tensor(y)):
-        raise UserError("x and y must be tensors holding the full batch")
-    if x.shape[0] != y.shape[0] or x.shape[0] == 0:
-        raise UserError(f"x and y must hold the same non-empty batch: {x.shape[0]} vs {y.shape[0]}")
-    if not dtype.is_floating_point:
-        raise UserError(f"dtype must be a floating dtype, got {dtype}")
-    shapes = param_shapes(model)
-    theta = flatten_params(model).to(dtype)
-    buffers = {n: _cast(b.detach(), dtype).clone() for n, b in model.named_buffers()}
-
-    def f(th: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        out = functional_call(model, {**unflatten_params(th, shapes), **buffers}, (xb,))
-        return loss_fn(out, yb)
-
-    return f, theta, _cast(x, dtype), _cast(y, dtype)
-
-
-def _grad(f):
-    # ``jacrev`` of the scalar loss is its gradient. Not ``torch.func.grad``: forward-mode
-    # through it fails ("ZeroTensors are immutable") for ``mse_loss`` in torch 2.13.
-    return jacrev(f)
+# the primitives live in metrics/flat.py; re-exported so ``hessian.flatten_params`` etc. work
+__all__ = ["EigenResult", "LossFn", "cast", "extreme_eigenvalues", "flat_loss",
+           "flatten_params", "full_hessian", "grad_fn", "hessian_eigenvalues", "hessian_of",
+           "hvp_operator", "minimal_ratio", "param_shapes", "unflatten_params"]
 
 
 def full_hessian(model: nn.Module, loss_fn: LossFn, x, y, dtype=torch.float64,
                  chunk: int | None = None) -> torch.Tensor:
     """Exact ``P×P`` Hessian of the full-batch loss w.r.t. all parameters (flattened).
 
-    Forward-over-reverse: the Jacobian (``jvp``) of ``grad(loss)`` applied to the identity
-    columns, batched with ``vmap``, ``chunk`` columns at a time. ``None`` picks
-    ``clamp(131072 // n, 8, P)``: batches that stay in cache, measured 2.4x faster than all
-    P columns at once for a 1,021-parameter MLP on 1,000 points (and memory stays bounded,
-    ~chunk·n·width values per activation). The result is symmetrized, ``(H + Hᵀ)/2``, which only
-    removes round-off. Row/column order is that of :func:`flatten_params`.
+    Forward-over-reverse (:func:`~dlscope.metrics.flat.hessian_of`), ``chunk`` identity
+    columns per ``vmap`` batch (``None``: ``clamp(131072 // n, 8, P)``, batches that stay in
+    cache, memory bounded). The result is symmetrized, ``(H + Hᵀ)/2``, which only removes
+    round-off.
+
+    Args:
+        model: the network (evaluated in its current mode, never modified).
+        loss_fn: ``loss_fn(output, target)``, the batch-mean loss.
+        x: all inputs.
+        y: all targets.
+        dtype: the floating dtype of the computation.
+        chunk: Hessian columns per batch, or ``None``.
+
+    Returns:
+        The Hessian, rows and columns in :func:`flatten_params` order.
+
+    Raises:
+        UserError: a bad ``chunk`` (or model, batch, dtype).
+
+    The loss ``mean((w·x − y)²)`` has Hessian ``2·mean(x²)``:
+
+    >>> m = torch.nn.Linear(1, 1, bias=False)
+    >>> x = torch.tensor([[1.0], [2.0]])
+    >>> full_hessian(m, torch.nn.functional.mse_loss, x, torch.zeros(2, 1))
+    tensor([[5.]], dtype=torch.float64)
     """
     if chunk is not None and (not isinstance(chunk, int) or chunk < 1):
         raise UserError(f"chunk must be a positive integer or None, got {chunk!r}")
     return hessian_of(*flat_loss(model, loss_fn, x, y, dtype), chunk=chunk)
 
 
-def hessian_of(f, theta: torch.Tensor, x, y, chunk: int | None = None) -> torch.Tensor:
-    """Symmetrized Hessian at ``theta`` of ``f(theta, x, y)`` (as from :func:`flat_loss`)."""
-    p = theta.numel()
-    chunk = min(p, max(8, 131072 // x.shape[0])) if chunk is None else chunk
-    g = _grad(f)
-
-    def column(v: torch.Tensor) -> torch.Tensor:
-        return jvp(lambda t: g(t, x, y), (theta,), (v,))[1]
-
-    eye = torch.eye(p, dtype=theta.dtype, device=theta.device)
-    h = vmap(column, chunk_size=chunk)(eye)
-    return (h + h.T) / 2
-
-
 def hessian_eigenvalues(model: nn.Module, loss_fn: LossFn, x, y) -> np.ndarray:
-    """All eigenvalues (ascending, float64) of :func:`full_hessian`, by ``eigvalsh``."""
+    """All eigenvalues of :func:`full_hessian` (float64), by ``eigvalsh``.
+
+    Args:
+        model: the network.
+        loss_fn: the batch-mean loss.
+        x: all inputs.
+        y: all targets.
+
+    Returns:
+        The P eigenvalues, ascending, as a numpy array.
+
+    A linear model ``w·x + b`` under the mean squared error has Hessian
+    ``2·[[mean x², mean x], [mean x, 1]]``, here ``[[8, 0], [0, 2]]``:
+
+    >>> m = torch.nn.Linear(1, 1)
+    >>> x = torch.tensor([[-2.0], [2.0]])
+    >>> hessian_eigenvalues(m, torch.nn.functional.mse_loss, x, torch.zeros(2, 1))
+    array([2., 8.])
+    """
     return torch.linalg.eigvalsh(full_hessian(model, loss_fn, x, y)).cpu().numpy()
-
-
-def _data(x, y):
-    return x if y is None else (x, y)
 
 
 def hvp_operator(model: nn.Module, loss_fn: LossFn, x, y=None, dtype=torch.float64,
                  batch_size: int | None = None) -> LinearOperator:
-    """The full-data Hessian as a symmetric ``LinearOperator`` (``v ↦ H v``).
+    """The full-data Hessian as a symmetric SciPy ``LinearOperator`` (``v ↦ H v``).
 
-    ``hvp_operator(model, loss_fn, x, y)`` or ``hvp_operator(model, loss_fn, data)`` with
-    ``data`` a pair of tensors or an iterable of ``(x, y)`` batches (a DataLoader), see
-    ``metrics/batches.py``. Double backprop in ``torch.func`` form (``metrics/operators.py``):
-    ``vjp`` of the gradient function, whose pullback is ``v ↦ vᵀH = Hv``. With one batch in
-    memory and no ``batch_size`` the forward and first backward pass are done once and every
-    product reuses them (measured ~2-3x faster than ``jvp(grad)`` per product on a ReLU
-    MLP). Otherwise each product passes over the chunks (or batches) and sums the chunk HVPs
-    with weights ``len(chunk)/n``: equal to the full-data HVP when ``loss_fn`` is a mean over
-    the batch (the convention here), memory bounded by a chunk. The products run on the
+    ``hvp_operator(model, loss_fn, x, y)`` or ``hvp_operator(model, loss_fn, data)``; the
+    products are those of :class:`~dlscope.metrics.operators.HessianOperator` (double
+    backprop; one batch in memory reuses its forward and first backward pass), run on the
     model's device.
+
+    Args:
+        model: the network.
+        loss_fn: the batch-mean loss.
+        x: all inputs, or ``data`` (a pair of tensors or an iterable of ``(x, y)`` batches,
+            ``metrics/batches.py``) when ``y`` is ``None``.
+        y: all targets, or ``None``.
+        dtype: the dtype of the products (float32 or float64).
+        batch_size: chunk a pair of tensors into batches of this size (memory bound).
+
+    Returns:
+        A ``LinearOperator`` of shape ``(P, P)`` on numpy vectors.
+
+    >>> m = torch.nn.Linear(1, 1)
+    >>> x = torch.tensor([[-2.0], [2.0]])
+    >>> hvp_operator(m, torch.nn.functional.mse_loss, x, torch.zeros(2, 1)).matvec([1.0, 1.0])
+    array([8., 2.])
     """
-    from dlscope.metrics.operators import HessianOperator
-
-    return HessianOperator(model, loss_fn, _data(x, y), dtype, batch_size).linear_operator()
-
-
-def extreme_eigenvalues(model: nn.Module, loss_fn: LossFn, x, y=None, k: int = 10,
-                        dtype=torch.float64, tol: float = 1e-8,
-                        batch_size: int | None = None, which: str = "both",
-                        return_vectors: bool = False):
-    """``(top, bottom)``: the k largest and k smallest Hessian eigenvalues, each ascending.
-
-    ``data`` as for :func:`hvp_operator` (``x, y`` or one ``data`` argument). ``which``:
-    ``"both"``, ``"top"`` or ``"bottom"`` (the part not asked for is ``None``; the bottom
-    costs many more products than the top on a trained net). With ``return_vectors=True``
-    the result is an :class:`~dlscope.metrics.spectrum.EigenResult` instead, holding the
-    unit eigenvectors (columns, flat-parameter order), the residuals ``‖Hv − λv‖`` (one
-    extra HVP per pair), the HVPs used and the wall time.
-
-    Lanczos (``scipy.sparse.linalg.eigsh``, Krylov dimension ``max(2k+1, 40)``) on
-    :func:`hvp_operator`. The top ones come from ``which='LA'``. For the bottom ones we run
-    ``'LA'`` on the shifted operator ``s·I − H`` with ``s = λmax`` (eigenvalues ``s − λ ≥ 0``,
-    the largest ones are ``s − λmin``, ...) and map back ``λ = s − μ``; ARPACK's stopping test
-    ``‖r‖ ≤ tol·|θ|`` then bounds residuals by ``tol·λmax`` instead of by ``tol·|λ|`` for Ritz
-    values near 0, where a trained net's smallest eigenvalues cluster. Measured on a trained
-    5,829-parameter MLP: 3,236 HVPs vs 3,724 for ``which='SA'`` (8,716 vs 13,284 with
-    ARPACK's default Krylov dimension 21), same eigenvalues to 1e-15. ``tol`` is floored at
-    100·eps of ``dtype`` (float32 HVPs: ~2x faster, eigenvalues to ~1e-6 relative). If
-    ``2k+1 ≥ P`` the dense spectrum is used instead. Install ``threadpoolctl`` (or set
-    ``OPENBLAS_NUM_THREADS=1``): SciPy's BLAS threads otherwise slow torch's HVPs 2-3x.
-    """
-    from dlscope.metrics.spectrum import eigenpairs
-
-    if not isinstance(k, int) or k < 1:
-        raise UserError(f"k must be a positive integer, got {k!r}")
-    if which not in ("both", "top", "bottom"):
-        raise UserError(f"which must be 'both', 'top' or 'bottom', got {which!r}")
-    res = eigenpairs(model, loss_fn, _data(x, y), k=k, dtype=dtype, tol=tol,
-                     batch_size=batch_size, which=which, vectors=return_vectors)
-    return res if return_vectors else (res.top, res.bottom)
+    data = x if y is None else (x, y)
+    return HessianOperator(model, loss_fn, data, dtype, batch_size).linear_operator()
 
 
 def minimal_ratio(eigenvalues, rel_tol: float = 1e-6) -> dict:
     """Fractions of positive / negative / near-zero eigenvalues, with a relative tolerance.
 
     ``tol = rel_tol·max|λ|``; ``minimal_ratio = #(λ > tol)/n``, ``frac_negative =
-    #(λ < −tol)/n``, ``frac_zero = #(|λ| ≤ tol)/n`` (they sum to 1). Also returns ``tol``,
-    ``n``, ``lambda_min`` and ``lambda_max``.
+    #(λ < −tol)/n``, ``frac_zero = #(|λ| ≤ tol)/n`` (they sum to 1).
+
+    Args:
+        eigenvalues: a 1-D array or tensor of finite eigenvalues.
+        rel_tol: the tolerance relative to ``max|λ|``.
+
+    Returns:
+        ``{minimal_ratio, frac_negative, frac_zero, tol, n, lambda_min, lambda_max}``.
+
+    Raises:
+        UserError: empty, non-finite or not 1-D eigenvalues, or a bad ``rel_tol``.
+
+    >>> r = minimal_ratio([-1.0, 0.0, 2.0, 4.0])
+    >>> r["minimal_ratio"], r["frac_negative"], r["frac_zero"], r["tol"]
+    (0.5, 0.25, 0.25, 4e-06)
     """
     ev = np.asarray(eigenvalues.detach().cpu() if torch.is_tensor(eigenvalues) else eigenvalues,
                     dtype=np.float64)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlscope.errors import UserError
-from dlscope.metrics.sensitivity import eval_mode
+from dlscope.metrics.input_sensitivity import eval_mode
 
 __all__ = ["alpha_grid", "evaluate_classifier", "interpolate"]
 
@@ -34,6 +34,20 @@ def alpha_grid(n: int = 31, lo: float = -1.0, hi: float = 2.0) -> np.ndarray:
     ``np.linspace(lo, hi, n)`` with grid points within 1e-9 of 0 or 1 snapped onto them;
     0.0 and 1.0 (the two models themselves) are added if the grid misses them, even when they
     lie outside [lo, hi].  The default (31 points on [−1, 2]) has step 0.1.
+
+    Args:
+        n: the number of points of the linspace, at least 2.
+        lo: the lower end.
+        hi: the upper end.
+
+    Returns:
+        The sorted grid.
+
+    Raises:
+        UserError: ``n < 2`` or not ``lo < hi``.
+
+    >>> alpha_grid(4, -0.5, 0.5).round(4).tolist()  # 0 and 1 added
+    [-0.5, -0.1667, 0.0, 0.1667, 0.5, 1.0]
     """
     if not isinstance(n, (int, np.integer)) or n < 2:
         raise UserError(f"n must be an integer >= 2, got {n!r}")
@@ -61,8 +75,27 @@ def interpolate(
     """Evaluate θ(α) = (1 − α)θ_a + αθ_b for each α; one row per α ("alpha" + evaluate's keys).
 
     ``evaluate(model) -> dict`` is called on a deep copy of model_a holding θ(α), in eval
-    mode.  Models of different architecture (module tree, state-dict keys, shapes or dtypes)
-    raise ``UserError``.  Neither model is modified.
+    mode.  Neither model is modified.
+
+    Args:
+        model_a: the model at α = 0.
+        model_b: the model at α = 1, of the same architecture.
+        alphas: the α values.
+        evaluate: ``evaluate(model) -> dict`` of numbers.
+
+    Returns:
+        A DataFrame, one row per α: ``alpha`` and ``evaluate``'s keys.
+
+    Raises:
+        UserError: models of different architecture (module tree, state-dict keys, shapes or
+            dtypes), non-finite alphas, or ``evaluate`` not returning a dict.
+
+    >>> a, b = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+    >>> with torch.no_grad():
+    ...     _ = a.weight.fill_(1.0), b.weight.fill_(3.0)
+    >>> df = interpolate(a, b, [0.0, 0.5, 1.0], lambda m: {"w": m.weight.item()})
+    >>> df["w"].tolist()
+    [1.0, 2.0, 3.0]
     """
     if _structure(model_a) != _structure(model_b):
         raise UserError("cannot interpolate between models of different architecture")
@@ -98,6 +131,24 @@ def evaluate_classifier(
     Batches of ``batch_size`` are run under ``torch.no_grad()`` in eval mode (the model's
     flags are restored afterwards); the mean loss is the sum of per-batch mean losses
     weighted by batch size / N, so it equals the full-set mean for a mean-reduced loss_fn.
+
+    Args:
+        x: all inputs.
+        y: all integer labels.
+        loss_fn: ``loss_fn(output, target)``, a batch-mean loss.
+        batch_size: samples per forward pass.
+
+    Returns:
+        The function ``evaluate(model)``.
+
+    Raises:
+        UserError: empty or mismatched ``x``, ``y``, or a bad ``batch_size``.
+
+    >>> m = torch.nn.Linear(1, 2, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = m.weight.copy_(torch.tensor([[1.0], [-1.0]]))
+    >>> evaluate_classifier(torch.tensor([[1.0], [-1.0]]), torch.tensor([0, 0]))(m)["acc"]
+    0.5
     """
     if x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise UserError(f"x and y must be non-empty and equally long: {x.shape[0]}, {y.shape[0]}")

@@ -18,18 +18,37 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.func import functional_call, vmap
 
 from dlscope.errors import UserError
+from dlscope.metrics.flat import flatten_params
 
-__all__ = ["flat_params", "loss_plane", "pca", "plane_axis"]
+__all__ = ["loss_plane", "pca", "plane_axis"]
 
 
 def pca(X, k: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """PCA of the rows of ``X [n, P]``.
 
     Returns ``(projection [n, k], components [k, P], explained_variance_ratio [k], mean [P])``
-    with ``projection = (X - mean) @ components.T``; components are orthonormal, ratios are
-    fractions of the total variance (all components), computed in float64.
+    with ``projection = (X - mean) @ components.T``; components are orthonormal (each
+    one's largest-magnitude entry positive), ratios are fractions of the total variance (all
+    components), computed in float64.
+
+    Args:
+        X: the rows, ``[n, P]`` with n ≥ 2, finite.
+        k: the number of components, ``1 ≤ k ≤ min(n − 1, P)``.
+
+    Returns:
+        ``(projection, components, explained_variance_ratio, mean)``.
+
+    Raises:
+        UserError: a bad shape, ``k``, non-finite data or rank below k.
+
+    Points on a line have one component, along the line, explaining everything:
+
+    >>> proj, comps, ratio, mean = pca([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]], k=1)
+    >>> comps, ratio, mean
+    (array([[0.70710678, 0.70710678]]), array([1.]), array([1., 1.]))
     """
     X = np.asarray(X)
     if X.ndim != 2 or X.shape[0] < 2 or X.shape[1] < 1:
@@ -61,7 +80,22 @@ def pca(X, k: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def plane_axis(lo: float, hi: float, n: int) -> np.ndarray:
-    """At least ``n`` evenly spaced points covering [lo, hi] (widened to hold 0), 0 on the grid."""
+    """At least ``n`` evenly spaced points covering [lo, hi] (widened to hold 0), 0 on the grid.
+
+    Args:
+        lo: the lower end (raised to at most 0).
+        hi: the upper end (lowered to at least 0).
+        n: the number of points, at least 3.
+
+    Returns:
+        The axis, with exactly 0.0 at one of its points.
+
+    Raises:
+        UserError: ``n < 3``.
+
+    >>> plane_axis(-1.0, 2.0, 4)
+    array([-1., 0., 1., 2.])
+    """
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
     if n < 3:
         raise UserError(f"plane_axis: need n >= 3, got {n}")
@@ -70,12 +104,6 @@ def plane_axis(lo: float, hi: float, n: int) -> np.ndarray:
     h = (hi - lo) / (n - 1)
     i0, i1 = int(np.floor(lo / h + 1e-9)), int(np.ceil(hi / h - 1e-9))
     return np.arange(i0, i1 + 1) * h  # index 0 gives exactly 0.0
-
-
-def flat_params(model: nn.Module) -> torch.Tensor:
-    """All parameters as one detached vector, in ``model.parameters()`` order (any memory
-    format: a CNN trained channels-last too, which `parameters_to_vector`'s views refuse)."""
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
 def _as_vector(v, like: torch.Tensor, what: str) -> torch.Tensor:
@@ -100,66 +128,100 @@ def _split_first_linear(model: nn.Module):
     return None
 
 
-# long: the docstring states the plane; the body is one chunked loop over the grid
-@torch.inference_mode()
-def loss_plane(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
-               center, d1, d2, alphas: Sequence[float], betas: Sequence[float], *,
-               chunk: int = 16, batch_size: int = 10000, fast: bool = True) -> np.ndarray:
-    """Mean loss of ``center + α·d1 + β·d2`` for every (α, β): ``[len(alphas), len(betas)]``.
-
-    ``center``, ``d1``, ``d2`` are flat vectors in ``model.parameters()`` order (numpy or
-    torch); ``loss_fn(output, target)`` returns a batch-mean loss (e.g. F.cross_entropy).
-    The model's own parameters are not changed; buffers are used as they are; eval mode.
-    ``chunk`` grid points are evaluated at once (vmap), over data batches of ``batch_size``.
-
-    Fast path (``fast=True``, a Sequential whose first parametrised module is a Linear, e.g.
-    every MLP): the first layer is linear in its weights, so its output at a grid point is
-    ``z_c + α·z_1 + β·z_2`` with the three products computed once per data batch; for the
-    784-128-64-10 MLP this removes ~90% of the work. Same numbers up to float32 rounding.
-    """
-    from torch.func import functional_call, vmap
-
-    alphas = np.asarray(alphas, dtype=np.float64).reshape(-1)
-    betas = np.asarray(betas, dtype=np.float64).reshape(-1)
-    if len(alphas) < 1 or len(betas) < 1 or len(x) < 1 or len(x) != len(y):
-        raise UserError("loss_plane: need non-empty alphas, betas and matching x, y")
-    like = flat_params(model)
-    c, u, v = (_as_vector(t, like, w) for t, w in ((center, "center"), (d1, "d1"), (d2, "d2")))
+def _plane_net(model: nn.Module, fast: bool):
+    """``(prefix, first, net, n0)``: the fast path's split of ``model`` (``n0``: the first
+    Linear's parameter count), or ``(None, None, model, 0)``."""
     split = _split_first_linear(model) if fast else None
-    net, n0 = model, 0
-    if split is not None:
-        prefix, first, net = split
-        n0 = sum(p.numel() for p in first.parameters())
+    if split is None:
+        return None, None, model, 0
+    prefix, first, net = split
+    return prefix, first, net, sum(p.numel() for p in first.parameters())
+
+
+def _linear_at(first: nn.Linear, n0: int, z: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """The first Linear applied to ``z`` with the weights held in ``flat[:n0]``."""
+    w = flat[:first.weight.numel()].view_as(first.weight)
+    b = flat[first.weight.numel():n0] if first.bias is not None else None
+    return torch.nn.functional.linear(z, w, b)
+
+
+def _batched_loss(net: nn.Module, loss_fn: Callable, fast: bool):
+    """``vmap`` over grid points of the loss of ``net`` at flat parameters ``flat``: on the
+    fast path its input is the first layer's output ``z_c + α·z_1 + β·z_2``."""
     names = [name for name, _ in net.named_parameters()]
     shapes = [p.shape for _, p in net.named_parameters()]
     sizes = [s.numel() for s in shapes]
     buffers = dict(net.named_buffers())
-    grid_a, grid_b = np.meshgrid(alphas, betas, indexing="ij")
-    coef = torch.tensor(np.stack([grid_a.ravel(), grid_b.ravel()], 1), dtype=like.dtype,
-                        device=like.device)
-
-    def first_layer(z: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
-        w = flat[:first.weight.numel()].view_as(first.weight)
-        b = flat[first.weight.numel():n0] if first.bias is not None else None
-        return torch.nn.functional.linear(z, w, b)
 
     def point_loss(flat: torch.Tensor, ab: torch.Tensor, inputs: tuple, yb: torch.Tensor):
-        h = inputs[0] if split is None else inputs[0] + ab[0] * inputs[1] + ab[1] * inputs[2]
+        h = inputs[0] if not fast else inputs[0] + ab[0] * inputs[1] + ab[1] * inputs[2]
         params = dict(zip(names, (t.view(s) for t, s in zip(flat.split(sizes), shapes))))
         return loss_fn(functional_call(net, {**params, **buffers}, (h,)), yb)
 
-    batched = vmap(point_loss, in_dims=(0, 0, None, None))
+    return vmap(point_loss, in_dims=(0, 0, None, None))
+
+
+# long: two thirds docstring (Args, a closed-form example); the body is one grid loop
+@torch.inference_mode()
+def loss_plane(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
+               center, d1, d2, alphas: Sequence[float], betas: Sequence[float], *,
+               chunk: int = 16, batch_size: int = 10000, fast: bool = True) -> np.ndarray:
+    """Mean loss of ``center + α·d1 + β·d2`` for every (α, β) of the grid.
+
+    The model's own parameters are not changed; buffers are used as they are; eval mode.
+    Fast path (``fast=True``, a Sequential whose first parametrised module is a Linear, e.g.
+    every MLP): the first layer is linear in its weights, so its output at a grid point is
+    ``z_c + α·z_1 + β·z_2`` with the three products computed once per data batch, which
+    removes most of an MLP's work. Same numbers up to float32 rounding.
+
+    Args:
+        model: the network.
+        loss_fn: ``loss_fn(output, target)``, a batch-mean loss (e.g. F.cross_entropy).
+        x: the inputs.
+        y: the targets.
+        center: the plane's origin, a flat vector in ``flatten_params`` order (numpy/torch).
+        d1: the first direction, likewise.
+        d2: the second direction, likewise.
+        alphas: the grid's coefficients of ``d1``.
+        betas: the grid's coefficients of ``d2``.
+        chunk: grid points evaluated at once (``vmap``).
+        batch_size: data points per batch.
+        fast: use the fast path when the model allows it.
+
+    Returns:
+        The losses, ``[len(alphas), len(betas)]`` float64.
+
+    Raises:
+        UserError: empty grids, mismatched data or vectors of the wrong length.
+
+    For ``L(w) = mean((w·x)²) = w²`` (``x = ±1``) along ``d1 = 1`` from ``w = 0``:
+
+    >>> m = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False))
+    >>> x = torch.tensor([[-1.0], [1.0]])
+    >>> loss_plane(m, torch.nn.functional.mse_loss, x, torch.zeros(2, 1), [0.0], [1.0],
+    ...            [0.0], [-1.0, 0.0, 2.0], [0.0])
+    array([[1.], [0.], [4.]])
+    """
+    alphas = np.asarray(alphas, dtype=np.float64).reshape(-1)
+    betas = np.asarray(betas, dtype=np.float64).reshape(-1)
+    if len(alphas) < 1 or len(betas) < 1 or len(x) < 1 or len(x) != len(y):
+        raise UserError("loss_plane: need non-empty alphas, betas and matching x, y")
+    like = flatten_params(model)
+    c, u, v = (_as_vector(t, like, w) for t, w in ((center, "center"), (d1, "d1"), (d2, "d2")))
+    prefix, first, net, n0 = _plane_net(model, fast)
+    batched = _batched_loss(net, loss_fn, first is not None)
+    grid_a, grid_b = np.meshgrid(alphas, betas, indexing="ij")
+    coef = torch.tensor(np.stack([grid_a.ravel(), grid_b.ravel()], 1), dtype=like.dtype,
+                        device=like.device)
     was_training = model.training
     model.eval()
     total = torch.zeros(len(coef), dtype=torch.float64, device=like.device)
     try:
         for j in range(0, len(x), batch_size):
             xb, yb = x[j:j + batch_size], y[j:j + batch_size]
-            if split is None:
-                inputs = (xb,)
-            else:
-                z = prefix(xb)
-                inputs = tuple(first_layer(z, t) for t in (c, u, v))
+            z = xb if first is None else prefix(xb)
+            inputs = (z,) if first is None else tuple(_linear_at(first, n0, z, t)
+                                                      for t in (c, u, v))
             for i in range(0, len(coef), chunk):
                 ab = coef[i:i + chunk]
                 flats = c[n0:] + ab[:, :1] * u[n0:] + ab[:, 1:] * v[n0:]
