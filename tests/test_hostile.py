@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dlscope.contract.runspec import RunResult, RunSpec
 from dlscope.data.cache import cache_dir_path, read_cache, write_cache
 from dlscope.data.idx import write_idx
 from dlscope.errors import UserError
-from dlscope.contract.runspec import RunResult, RunSpec
 from dlscope.execution.store import Store
 
 # function-fit, as small as it gets: 2 runs of 1 epoch on 8 points

@@ -159,14 +159,14 @@ def test_short_training_is_a_pipeline_check():
 
 
 def test_seeds_trained_as_an_ensemble_equal_their_solo_runs():
-    from dlscope.execution.runspec import RunContext
+    from dlscope.contract.runspec import RunContext
 
     cfg = ff.Config(epochs=40, n_train=64, functions=["sinc"], seeds=2)
     deep = [s for s in ff.runs(cfg) if s.group == "sinc/deep"]
     ctx = RunContext(device=torch.device("cpu"), threads=1)
-    together = ff.fit_one_many([s.params for s in deep], ctx)
+    together = ff.run_many([s.params for s in deep], ctx)
     for spec, r in zip(deep, together):
-        solo = ff.fit_one(spec.params, ctx)
+        solo = ff.run_one(spec.params, ctx)
         assert r.values["epochs_run"] == solo.values["epochs_run"] == 40
         np.testing.assert_allclose(r.arrays["loss"], solo.arrays["loss"], rtol=1e-4)
         np.testing.assert_allclose(r.arrays["y_pred"], solo.arrays["y_pred"], atol=1e-5)

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 
 import dlscope
 from dlscope import experiments, models
+from dlscope.contract import config as configs
 from dlscope.data import MnistOptions, function_dataset, mnist_dataset
 from dlscope.errors import UserError
-from dlscope.execution import config as configs
 from dlscope.train.engine import TrainConfig, seeded_model, train
 
 
@@ -95,7 +95,7 @@ def test_quick_run_writes_seed_rows_statistics_figures_and_reloads(tmp_path):
 def test_function_seeds_train_as_an_ensemble_equal_to_solo_runs():
     import dataclasses
 
-    from dlscope.execution.runspec import RunContext, execute
+    from dlscope.contract.runspec import RunContext, execute
     from dlscope.experiments import grad_norm
 
     cfg = configs.resolve(grad_norm, "quick", overrides={"tasks": ["function"],
@@ -105,7 +105,7 @@ def test_function_seeds_train_as_an_ensemble_equal_to_solo_runs():
     together = execute(specs)  # -> record_many
     ctx = RunContext(device=torch.device("cpu"), threads=1)
     for spec, got in zip(specs, together):
-        alone = grad_norm.record(spec.params, ctx)
+        alone = grad_norm.run_one(spec.params, ctx)
         np.testing.assert_allclose(got.arrays["grad_norm"], alone.arrays["grad_norm"],
                                    rtol=1e-4, atol=1e-7)
         np.testing.assert_allclose(got.arrays["loss"], alone.arrays["loss"], rtol=1e-4)

@@ -11,16 +11,16 @@ import pandas as pd
 import pytest
 
 import dlscope
+from dlscope.contract.runspec import RunSpec
 from dlscope.data import MnistOptions, mnist_dataset
 from dlscope.errors import UserError
-from dlscope.execution.runspec import RunSpec
 from dlscope.execution.store import Store
 from dlscope.experiments import interpolation as ip
 from dlscope.train.engine import evaluate
 
 
 def spec_of(d: dict) -> RunSpec:
-    return RunSpec(d["experiment"], d["key"], d["fn"], d["params"])
+    return RunSpec(d["experiment"], d["key"], d["fn"], d["params"], data=d.get("data"))
 
 
 def test_runs_dedupe_the_common_model_and_record_init_and_criterion():

@@ -10,8 +10,8 @@ import torch
 
 import dlscope
 from dlscope import experiments, models
+from dlscope.contract import config as configs
 from dlscope.errors import UserError
-from dlscope.execution import config as configs
 from dlscope.experiments import minimal_ratio_report as report
 
 EPS = np.finfo(np.float64).eps
@@ -73,9 +73,9 @@ def test_one_run_spectrum_is_complete_and_sorted():
     cfg = configs.resolve(exp, "quick", overrides={"runs": 2, "n_train": 64, "max_steps": 5,
                                                    "model": "mlp:2-2-1:tanh",
                                                    "teacher_width": 2, "train_epochs": [20]})
-    from dlscope.execution.runspec import RunContext
+    from dlscope.contract.runspec import RunContext
 
-    out = exp.critical_point(exp.runs(cfg)[1].params,
+    out = exp.run_one(exp.runs(cfg)[1].params,
                              RunContext(device=torch.device("cpu"), threads=1))
     ev = out.arrays["eigenvalues"]
     assert ev.size == out.values["n_params"] == models.count_params("mlp:2-2-1:tanh")

@@ -12,9 +12,9 @@ import pytest
 
 import dlscope
 from dlscope import experiments, models
+from dlscope.contract import config as configs
 from dlscope.data import MnistOptions, mnist_dataset
 from dlscope.errors import UserError
-from dlscope.execution import config as configs
 from dlscope.train.engine import TrainConfig, evaluate, seeded_model, train
 
 EXP = experiments.get("mnist-models")

@@ -22,8 +22,8 @@ import torch
 
 import dlscope
 from dlscope import experiments
-from dlscope.errors import UserError
 from dlscope.contract.runspec import RunContext, RunSpec, execute
+from dlscope.errors import UserError
 from dlscope.experiments import registry
 from dlscope.report import build_report
 

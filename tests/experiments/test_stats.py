@@ -70,3 +70,63 @@ def test_trend_outcomes():
 def test_failure_rates():
     r = stats.failure_rates(["ok", "collapsed", "ok", "diverged"])
     assert r["runs"] == 4 and r["collapsed"] == 1 and r["collapsed_rate"] == 0.25
+
+
+# The four interval formatters that stats.brief replaced, verbatim (grad_norm._iv,
+# mnist_models._pct, weight_pca._pct, flatness_common.iv): observations' text must not change.
+def _old_grad_norm(values, fmt: str = ".3g") -> str:
+    iv = stats.interval(values)
+    if iv.n < stats.MIN_SEEDS:
+        return f"{iv.median:{fmt}} (no interval)"
+    return f"{iv.median:{fmt}} [{iv.lo:{fmt}}, {iv.hi:{fmt}}]"
+
+
+def _old_mnist_models(values) -> str:
+    iv = stats.interval(values)
+    if iv.n < stats.MIN_SEEDS:
+        return f"{100 * iv.median:.2f} (no interval)"
+    return f"{100 * iv.median:.2f} [{100 * iv.lo:.2f}, {100 * iv.hi:.2f}]"
+
+
+def _old_weight_pca(values, digits: int = 2, scale: float = 100, kind: str = "f") -> str:
+    iv, f = stats.interval(values), f".{digits}{kind}"
+    if iv.n < stats.MIN_SEEDS:
+        return f"{scale * iv.median:{f}} (no interval)"
+    return f"{scale * iv.median:{f}} [{scale * iv.lo:{f}}, {scale * iv.hi:{f}}]"
+
+
+def _old_flatness(values, fmt: str = ".3g", scale: float = 1.0) -> str:
+    i = stats.interval(values)
+    if i.n == 0:
+        return "n/a"
+    if not np.isfinite(i.lo):
+        return f"{i.median * scale:{fmt}} (1 seed)"
+    return f"{i.median * scale:{fmt}} [{i.lo * scale:{fmt}}, {i.hi * scale:{fmt}}]"
+
+
+SAMPLES = [DATA, [0.5], [], [math.nan], [math.nan, 0.25, math.inf], [0.3, 0.3, 0.3],
+           [1.0, 2.0, 3.0], [1e-5, 3e-4, 2e-3, 7e-2], [120.0, 3.5e4, 9.9e5], [-0.02, 0.01],
+           np.array([0.9712, 0.9688]), [0.123456789] * 2 + [0.1234]]
+
+
+@pytest.mark.parametrize("values", SAMPLES)
+def test_brief_matches_the_old_formatters(values):
+    from dlscope.experiments import flatness_common
+
+    for fmt in (".3g", ".0f", ".2f", ".2g"):
+        assert stats.brief(values, fmt) == _old_grad_norm(values, fmt)
+    assert stats.brief(values, ".2f", 100) == _old_mnist_models(values)
+    for digits, scale, kind in ((2, 100, "f"), (1, 100, "f"), (3, 1, "g")):
+        assert (stats.brief(values, f".{digits}{kind}", scale)
+                == _old_weight_pca(values, digits, scale, kind))
+    for fmt, scale in ((".3g", 1.0), (".0f", 1.0), (".2f", 100)):
+        assert flatness_common.iv(values, fmt, scale) == _old_flatness(values, fmt, scale)
+        assert (stats.brief(values, fmt, scale, few="(1 seed)", empty="n/a")
+                == _old_flatness(values, fmt, scale))
+
+
+def test_brief_texts():
+    assert stats.brief([1.0, 2.0, 3.0]) == "2 [-0.484, 4.48]"
+    assert stats.brief([0.5], ".2f", 100) == "50.00 (no interval)"
+    assert stats.brief([]) == "nan (no interval)"
+    assert stats.brief([], empty="n/a") == "n/a"

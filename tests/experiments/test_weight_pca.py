@@ -171,10 +171,10 @@ def test_ensemble_path_equals_solo_runs():
                                                           "landscape": False})
     specs = [dataclasses.replace(s, threads=1) for s in weight_pca.runs(cfg)]
     assert len({s.group for s in specs}) == 1
-    together = execute(specs)  # -> train_one_many
+    together = execute(specs)  # -> run_many
     ctx = RunContext(device=torch.device("cpu"), threads=1)
     for spec, got in zip(specs, together):
-        alone = weight_pca.train_one(spec.params, ctx)
+        alone = weight_pca.run_one(spec.params, ctx)
         assert np.allclose(got.arrays["snapshots"], alone.arrays["snapshots"], rtol=1e-4,
                            atol=1e-6)
         assert np.allclose(got.arrays["train_loss"], alone.arrays["train_loss"], rtol=1e-4)

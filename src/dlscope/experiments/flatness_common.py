@@ -37,7 +37,15 @@ N_MNIST_TRAIN = 60000
 
 
 class MatchedConfig(ExperimentConfig):
-    """Config fields of matched training (the experiments' Configs derive from this)."""
+    """Config fields of matched training (the experiments' Configs derive from this).
+
+    Example:
+        >>> cfg = MatchedConfig(seeds=2, seed=5)
+        >>> cfg.n_train, cfg.run_seeds(), cfg.matched()
+        (8192, [5, 6], {'criterion': 'train_acc', 'target': 0.99, 'max_steps': 12000})
+        >>> cfg.criterion_text()
+        'train accuracy ≥ 99% (full evaluation after each epoch; cap 12,000 steps)'
+    """
     criterion: Literal["train_acc", "train_loss", "steps"] = Field(
         "train_acc", description="common stopping criterion: full-eval train accuracy >= "
         "target, full-eval train loss <= target, or the same number of steps (max_steps)")
@@ -65,12 +73,15 @@ class MatchedConfig(ExperimentConfig):
 
     @property
     def n_train(self) -> int:
+        """The training images used: `train_subset`, or all 60,000 for 0."""
         return self.train_subset or N_MNIST_TRAIN
 
     def batch_sizes_used(self) -> list[int]:  # overridden by each experiment
+        """The batch sizes the experiment trains with (checked against `n_train`)."""
         return []
 
     def run_seeds(self) -> list[int]:
+        """The seeds of each setting: `seed`, `seed` + 1, ... (`seeds` of them)."""
         return [self.seed + i for i in range(self.seeds)]
 
     def matched(self) -> dict:
@@ -79,6 +90,7 @@ class MatchedConfig(ExperimentConfig):
                 "max_steps": self.max_steps}
 
     def criterion_text(self) -> str:
+        """The stopping criterion in words, for observations and verdicts."""
         if self.criterion == "steps":
             return f"the same number of steps ({self.max_steps:,}, whole epochs)"
         what = ("train accuracy ≥ " + f"{100 * self.target:g}%" if self.criterion == "train_acc"
@@ -87,7 +99,21 @@ class MatchedConfig(ExperimentConfig):
 
 
 def scaled_lr(lr: float, batch_size: int, rule: str, base: int) -> float:
-    """lr · (batch_size / base)^k, k = 0, 1, 1/2 for rule none, linear, sqrt."""
+    """lr · (batch_size / base)^k, k = 0, 1, 1/2 for rule none, linear, sqrt.
+
+    Args:
+        lr: The learning rate at batch size `base`.
+        batch_size: The batch size trained with.
+        rule: "none", "linear" or "sqrt".
+        base: The batch size at which `lr` applies as given.
+
+    Returns:
+        The learning rate for `batch_size`.
+
+    Example:
+        >>> [scaled_lr(0.1, 256, rule, 64) for rule in ("none", "linear", "sqrt")]
+        [0.1, 0.4, 0.2]
+    """
     k = {"none": 0.0, "linear": 1.0, "sqrt": 0.5}[rule]
     return float(lr * (batch_size / base) ** k)
 
@@ -102,7 +128,36 @@ def train_matched(model, ds, tc: TrainConfig, matched: dict, seed: int) -> dict:
     `tc` gives optimizer, lr and batch size (its epochs are replaced by the cap). Returns the
     status ("ok": reached, or ran its steps; "missed": capped; "diverged"), `reached`, `steps`
     run, `criterion_step` (None unless it fired), `epochs`, `wall_s`, and the full-evaluation
-    train accuracy and loss after each epoch (`curve`, for the criteria that evaluate)."""
+    train accuracy and loss after each epoch (`curve`, for the criteria that evaluate).
+
+    Args:
+        model: The classifier, trained in place.
+        ds: The `Dataset`.
+        tc: Optimizer, learning rate and batch size.
+        matched: {"criterion": ..., "target": ..., "max_steps": ...}
+            (`MatchedConfig.matched()`).
+        seed: Seed of the batch order.
+
+    Returns:
+        {"status", "reached", "steps", "criterion_step", "epochs", "steps_per_epoch",
+        "wall_s", "curve"}; `curve` is an (epochs evaluated) x 3 array of (step, train loss,
+        train accuracy).
+
+    Example:
+        >>> from dlscope.data.dataset import Dataset
+        >>> x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+        >>> ds = Dataset.from_tensors(x, (x[:, 0] > 0).long(), n_classes=2)
+        >>> net = models.build(models.parse_model("mlp:2-8-2"))
+        >>> tc = TrainConfig(lr=0.01, batch_size=4)
+        >>> r = train_matched(net, ds, tc, {"criterion": "steps", "target": 1.0,
+        ...                                 "max_steps": 5}, seed=0)
+        >>> r["status"], r["steps"], r["epochs"], r["criterion_step"]
+        ('ok', 6, 3, None)
+        >>> r = train_matched(net, ds, tc, {"criterion": "train_acc", "target": 0.01,
+        ...                                 "max_steps": 100}, seed=0)
+        >>> r["steps"], r["criterion_step"], r["curve"].shape
+        (2, 2, (1, 3))
+    """
     n = len(ds.x_train)
     bs = tc.batch_size or n
     if bs > n:  # the configs reject this earlier; never cap silently
@@ -144,7 +199,22 @@ def train_matched(model, ds, tc: TrainConfig, matched: dict, seed: int) -> dict:
 
 def pipeline_reason(df: pd.DataFrame, cfg: MatchedConfig) -> str | None:
     """Why a run is a pipeline check (None when it is evidence): more than half of its models
-    missed the matched criterion, or fewer than 2 seeds were asked for."""
+    missed the matched criterion, or fewer than 2 seeds were asked for.
+
+    Args:
+        df: One row per trained model, with a boolean `reached` column.
+        cfg: The experiment's config.
+
+    Returns:
+        The reason in words, or None.
+
+    Example:
+        >>> cfg = MatchedConfig(seeds=3)
+        >>> pipeline_reason(pd.DataFrame({"reached": [True, True, False]}), cfg) is None
+        True
+        >>> pipeline_reason(pd.DataFrame({"reached": [True, False, False]}), cfg)
+        '2 of 3 models missed the matched criterion (train accuracy ≥ 99% ...)'
+    """
     n, ok = len(df), int(df.reached.sum()) if len(df) else 0
     if n == 0:
         return "no finished models"
@@ -179,7 +249,29 @@ def band(ax, groups, col: str, color: str,
     """Per-seed faint points, the median line and the interquartile band of `col` per x.
 
     `groups` is a DataFrame grouped by the x column holding `reached`: models that missed the
-    criterion are drawn as grey crosses and left out of the median and band."""
+    criterion are drawn as grey crosses and left out of the median and band.
+
+    Args:
+        ax: The matplotlib axes.
+        groups: `df.groupby(x column)`.
+        col: The column drawn.
+        color: Color of the points, line and band.
+        label: The median line's legend label (" (median)" is added).
+        scale: Factor applied to the values (100 for a percentage).
+        marker: Marker of the points and the median line.
+
+    Returns:
+        None; draws on `ax`.
+
+    Example:
+        >>> from dlscope import plotting
+        >>> df = pd.DataFrame({"bs": [64, 64, 64, 256, 256], "acc": [0.9, 0.8, 0.5, 0.7, 0.6],
+        ...                    "reached": [True, True, False, True, True]})
+        >>> fig, ax = plotting.figure()
+        >>> band(ax, df.groupby("bs"), "acc", "C0", "test", scale=100)
+        >>> ax.lines[-1].get_ydata().tolist(), ax.lines[-1].get_label()
+        ([85.0, 65.0], 'test (median)')
+    """
     xs, med, lo, hi = [], [], [], []
     for x, g in groups:
         ok = g[g.reached.astype(bool)]
@@ -200,7 +292,29 @@ def band(ax, groups, col: str, color: str,
 
 
 def seed_lines(ax, g: pd.DataFrame, x: str, col: str, color: str, label: str, scale=1.0):
-    """Per-seed faint lines under the median over seeds."""
+    """Per-seed faint lines under the median over seeds.
+
+    Args:
+        ax: The matplotlib axes.
+        g: Rows with a `seed` column, `x` and `col`.
+        x: The x column.
+        col: The y column.
+        color: The lines' color.
+        label: The median line's legend label (" (median)" is added).
+        scale: Factor applied to the values.
+
+    Returns:
+        None; draws on `ax`.
+
+    Example:
+        >>> from dlscope import plotting
+        >>> g = pd.DataFrame({"step": [0, 1, 0, 1], "seed": [0, 0, 1, 1],
+        ...                   "loss": [2.0, 1.0, 3.0, 2.0]})
+        >>> fig, ax = plotting.figure()
+        >>> seed_lines(ax, g, "step", "loss", "C1", "train")
+        >>> len(ax.lines), ax.lines[-1].get_ydata().tolist()
+        (3, [2.5, 1.5])
+    """
     for _, s in g.groupby("seed"):
         ax.plot(s[x], scale * s[col], color=color, alpha=0.25, lw=0.8)
     med = g.groupby(x)[col].median()
@@ -208,7 +322,22 @@ def seed_lines(ax, g: pd.DataFrame, x: str, col: str, color: str, label: str, sc
 
 
 def bs_axis(ax, batch_sizes) -> None:
-    """A log-2 batch-size axis ticked at the batch sizes themselves."""
+    """A log-2 batch-size axis ticked at the batch sizes themselves.
+
+    Args:
+        ax: The matplotlib axes.
+        batch_sizes: The batch sizes (repeats and floats allowed).
+
+    Returns:
+        None; sets the x axis of `ax`.
+
+    Example:
+        >>> from dlscope import plotting
+        >>> fig, ax = plotting.figure()
+        >>> bs_axis(ax, [64, 256.0, 64])
+        >>> ax.get_xscale(), ax.get_xticks().tolist()
+        ('log', [64, 256])
+    """
     bs = sorted({int(b) for b in batch_sizes})
     ax.set_xscale("log", base=2)
     ax.set_xticks(bs, [str(b) for b in bs])
@@ -216,7 +345,22 @@ def bs_axis(ax, batch_sizes) -> None:
 
 
 def rebuild(params: dict, arrays: dict) -> torch.nn.Module:
-    """The trained model of a run, from its spec params and saved arrays."""
+    """The trained model of a run, from its spec params and saved arrays.
+
+    Args:
+        params: The run's params, with "model".
+        arrays: The run's saved arrays; "param.<name>" ones are the state dict.
+
+    Returns:
+        The model with those weights, in eval mode.
+
+    Example:
+        >>> net = models.build(models.parse_model("mlp:2-3-2"))
+        >>> arrays = {f"param.{k}": v.detach().numpy() for k, v in net.named_parameters()}
+        >>> x = torch.ones(1, 2)
+        >>> torch.equal(rebuild({"model": "mlp:2-3-2"}, arrays)(x), net(x))
+        True
+    """
     model = models.build(models.parse_model(params["model"]))
     state = {k[len("param."):]: torch.from_numpy(np.array(v)) for k, v in arrays.items()
              if k.startswith("param.")}
@@ -229,7 +373,19 @@ def flat_params(arrays: dict) -> np.ndarray:
 
     ``metrics.flat.flatten_params`` of the arrays in sorted-name order (not the model's
     ``named_parameters()`` order: distances and norms do not depend on it, and the sorted
-    order keeps the stored numbers bit for bit)."""
+    order keeps the stored numbers bit for bit).
+
+    Args:
+        arrays: The run's saved arrays.
+
+    Returns:
+        The "param.*" arrays, flattened and concatenated in sorted-name order.
+
+    Example:
+        >>> arrays = {"param.b": np.array([3.0]), "param.a": np.ones((1, 2)), "loss": 0.5}
+        >>> flat_params(arrays).tolist()
+        [1.0, 1.0, 3.0]
+    """
     params = {k: torch.from_numpy(np.array(v, dtype=np.float64)) for k, v in sorted(arrays.items())
               if k.startswith("param.")}
     return flatten_params(params).numpy()

@@ -51,6 +51,7 @@ SOURCE = "Eldan & Shamir 2016 (arXiv:1512.03965); HW1 1-1 (SCIENCE.md §1)"
 
 
 class Config(ExperimentConfig):
+    """Settings of the function-fit experiment; defaults: the assignment profile."""
     functions: list[str] = Field(["sin-log", "sinc", "sign-sin"], min_length=1,
                                  description="registry names or expr:<expression in x>")
     param_budget: int = Field(550, ge=10, description="parameters per model (matched within 1%)",
@@ -177,6 +178,7 @@ def _grid(n: int, max_points: int = 300) -> np.ndarray:
 
 
 def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
+    """Tables from the run results: results (a row per run), curves and predictions."""
     rows, curves, preds = [], [], []
     keep = _grid(cfg.epochs)
     for spec, r in results:
@@ -209,50 +211,67 @@ def _failed(df: pd.DataFrame) -> pd.Series:
 
 # long: three figures of one experiment, each a few plotting calls
 def figures(cfg: Config, tables) -> dict:
-    figs, res = {}, tables["results"]
+    """Per function its training-loss curves and fitted functions; the final losses of all."""
+    res = tables["results"]
     names = slugs(res.function.unique())
     order = list(dict.fromkeys(res.model))
+    figs = {}
     for fn, cur in tables["curves"].groupby("function", sort=False):
-        fig, ax = plotting.figure()
-        for k, model in enumerate(order):
-            c, r = cur[cur.model == model], res[(res.function == fn) & (res.model == model)]
-            bad = set(r.seed[_failed(r)])
-            for seed, g in c.groupby("seed"):
-                ax.plot(g.epoch, g.loss, color="grey" if seed in bad else f"C{k}",
-                        ls="--" if seed in bad else "-", lw=0.9 if seed in bad else 0.7,
-                        alpha=0.8 if seed in bad else 0.35)
-            wide = c[~c.seed.isin(bad)].pivot(index="seed", columns="epoch", values="loss")
-            if len(wide):
-                wide = wide.ffill(axis=1)      # a stopped run stays at its final loss
-                ax.plot(wide.columns, wide.median(axis=0), color=f"C{k}", lw=2,
-                        label=f"{model} ({r.params.iloc[0]} params): median of {len(wide)}")
-        if _failed(res[res.function == fn]).any():
-            ax.plot([], [], "--", color="grey", label="collapsed/diverged seeds (not in median)")
-        ax.set_yscale("log")
-        plotting.finish(ax, f"{fn}: training loss (faint: each seed)",
-                        "epoch (full-batch step)", "MSE (log)")
-        figs[f"{names[fn]}_loss"] = fig
+        figs[f"{names[fn]}_loss"] = _loss_figure(fn, cur, res, order)
     for fn, pr in tables["predictions"].groupby("function", sort=False):
-        fig, axes = plotting.figure(ncols=len(order), width=3.6)
-        for ax, model in zip(np.atleast_1d(axes), order):
-            c = pr[pr.model == model]
-            r = res[(res.function == fn) & (res.model == model)]
-            bad = set(r.seed[_failed(r)])
-            first = c[c.seed == c.seed.iloc[0]]
-            ax.plot(first.x, first.y_true, color="black", lw=2.5, alpha=0.35, label="truth")
-            for seed, g in c.groupby("seed"):
-                ax.plot(g.x, g.y_pred, color="red" if seed in bad else "C0",
-                        ls=":" if seed in bad else "-", lw=0.8 if seed in bad else 0.6,
-                        alpha=0.8 if seed in bad else 0.3)
-            ok = c[~c.seed.isin(bad)].pivot(index="seed", columns="x", values="y_pred")
-            if len(ok):
-                ax.plot(ok.columns, ok.median(axis=0), color="C0", lw=1.8,
-                        label=f"median of {len(ok)} seeds")
-            if bad:
-                ax.plot([], [], ":", color="red", label=f"collapsed/diverged ({len(bad)})")
-            plotting.finish(ax, f"{fn}: {model}", "x", "y")
-        figs[f"{names[fn]}_fit"] = fig
-    fns = list(names)
+        figs[f"{names[fn]}_fit"] = _fit_figure(fn, pr, res, order)
+    figs["final_loss"] = _final_loss_figure(res, list(names), order)
+    return figs
+
+
+def _loss_figure(fn: str, cur: pd.DataFrame, res: pd.DataFrame, order: list[str]):
+    """Training loss per epoch of each model fitting `fn`: faint seeds under a bold median."""
+    fig, ax = plotting.figure()
+    for k, model in enumerate(order):
+        c, r = cur[cur.model == model], res[(res.function == fn) & (res.model == model)]
+        bad = set(r.seed[_failed(r)])
+        for seed, g in c.groupby("seed"):
+            ax.plot(g.epoch, g.loss, color="grey" if seed in bad else f"C{k}",
+                    ls="--" if seed in bad else "-", lw=0.9 if seed in bad else 0.7,
+                    alpha=0.8 if seed in bad else 0.35)
+        wide = c[~c.seed.isin(bad)].pivot(index="seed", columns="epoch", values="loss")
+        if len(wide):
+            wide = wide.ffill(axis=1)      # a stopped run stays at its final loss
+            ax.plot(wide.columns, wide.median(axis=0), color=f"C{k}", lw=2,
+                    label=f"{model} ({r.params.iloc[0]} params): median of {len(wide)}")
+    if _failed(res[res.function == fn]).any():
+        ax.plot([], [], "--", color="grey", label="collapsed/diverged seeds (not in median)")
+    ax.set_yscale("log")
+    plotting.finish(ax, f"{fn}: training loss (faint: each seed)",
+                    "epoch (full-batch step)", "MSE (log)")
+    return fig
+
+
+def _fit_figure(fn: str, pr: pd.DataFrame, res: pd.DataFrame, order: list[str]):
+    """One panel per model: the truth of `fn`, each seed's fitted function and their median."""
+    fig, axes = plotting.figure(ncols=len(order), width=3.6)
+    for ax, model in zip(np.atleast_1d(axes), order):
+        c = pr[pr.model == model]
+        r = res[(res.function == fn) & (res.model == model)]
+        bad = set(r.seed[_failed(r)])
+        first = c[c.seed == c.seed.iloc[0]]
+        ax.plot(first.x, first.y_true, color="black", lw=2.5, alpha=0.35, label="truth")
+        for seed, g in c.groupby("seed"):
+            ax.plot(g.x, g.y_pred, color="red" if seed in bad else "C0",
+                    ls=":" if seed in bad else "-", lw=0.8 if seed in bad else 0.6,
+                    alpha=0.8 if seed in bad else 0.3)
+        ok = c[~c.seed.isin(bad)].pivot(index="seed", columns="x", values="y_pred")
+        if len(ok):
+            ax.plot(ok.columns, ok.median(axis=0), color="C0", lw=1.8,
+                    label=f"median of {len(ok)} seeds")
+        if bad:
+            ax.plot([], [], ":", color="red", label=f"collapsed/diverged ({len(bad)})")
+        plotting.finish(ax, f"{fn}: {model}", "x", "y")
+    return fig
+
+
+def _final_loss_figure(res: pd.DataFrame, fns: list[str], order: list[str]):
+    """One panel per function: the final loss of each seed per model, with the median."""
     fig, axes = plotting.figure(ncols=len(fns), width=4.0)
     for ax, fn in zip(np.atleast_1d(axes), fns):
         r = res[res.function == fn]
@@ -272,8 +291,7 @@ def figures(cfg: Config, tables) -> dict:
         ax.set_xticks(range(len(order)), ticks, fontsize=7)
         ax.set_yscale("log")
         plotting.finish(ax, f"{fn}: final loss per seed", "", "final MSE (log)")
-    figs["final_loss"] = fig
-    return figs
+    return fig
 
 
 def _log_losses(res: pd.DataFrame, fn: str, model: str) -> pd.Series:
@@ -282,6 +300,7 @@ def _log_losses(res: pd.DataFrame, fn: str, model: str) -> pd.Series:
 
 
 def statistics(cfg: Config, tables) -> dict:
+    """The numbers over seeds behind the verdicts and observations (summary.json)."""
     res = tables["results"]
     order = list(dict.fromkeys(res.model))
     out = {"interval": "t-interval (95%) of the mean of log10 final MSE over the seeds that "
@@ -299,6 +318,7 @@ def statistics(cfg: Config, tables) -> dict:
 
 
 def verdicts(cfg: Config, tables) -> list[stats.Verdict]:
+    """The published claims this run tests, each with its outcome."""
     res = tables["results"]
     order = list(dict.fromkeys(res.model))
     claim = (f"At equal parameter count the deepest net ({order[-1]}) fits a 1-D function to a "
@@ -320,6 +340,7 @@ def verdicts(cfg: Config, tables) -> list[stats.Verdict]:
 
 
 def observations(cfg: Config, tables) -> list[str]:
+    """What this run shows, in sentences for the report."""
     res = tables["results"]
     st = statistics(cfg, tables)
     order = list(dict.fromkeys(res.model))
@@ -346,6 +367,7 @@ def observations(cfg: Config, tables) -> list[str]:
 
 
 def headline(cfg: Config, tables) -> dict:
+    """A few numbers that summarise this run (summary.json's headline)."""
     res = tables["results"]
     ok = res[~_failed(res)]
     return {f"{f}/{m}": float(g.final_loss.median())

@@ -27,10 +27,10 @@ from matplotlib.figure import Figure
 from pydantic import Field, field_validator
 
 from dlscope import models, plotting
-from dlscope.data.functions import resolve as resolve_function
-from dlscope.errors import UserError
 from dlscope.contract.config import ExperimentConfig
 from dlscope.contract.runspec import RunResult, RunSpec
+from dlscope.data.functions import resolve as resolve_function
+from dlscope.errors import UserError
 from dlscope.experiments import stats
 from dlscope.train.engine import TrainConfig, seeded_model, train
 
@@ -42,6 +42,7 @@ QUESTION = ("How do the training loss and the L2 norm of the full parameter grad
 
 
 class Config(ExperimentConfig):
+    """Settings of the grad-norm experiment; defaults: the assignment profile."""
     tasks: list[Literal["function", "mnist"]] = Field(["function", "mnist"], min_length=1,
                                                       description="which trainings to record")
     function: str = Field("sinc", description="target function (registry name or expr:...)")
@@ -155,6 +156,7 @@ def _result(ds, tc: TrainConfig, model, res) -> RunResult:
 
 
 def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
+    """Tables from the run results: results (a row per run) and curves (per iteration)."""
     rows, curves = [], []
     for spec, r in results:
         p, v = spec.params, r.values
@@ -196,6 +198,7 @@ def _spans_decades(v: pd.Series) -> bool:
 
 
 def figures(cfg: Config, tables) -> dict:
+    """The figures, by name, drawn from the tables."""
     figs, res = {}, tables["results"]
     for task, c in tables["curves"].groupby("task", sort=False):
         r = res[res.task == task]
@@ -254,6 +257,7 @@ STAT_COLS = ("first_loss", "final_loss", "first_grad_norm", "final_grad_norm", "
 
 
 def statistics(cfg: Config, tables) -> dict:
+    """The numbers over seeds behind the verdicts and observations (summary.json)."""
     out: dict = {"interval": "95% t-interval of the mean over seeds (stats.interval); first/final "
                  "= median over the first/last 5% of the iterations",
                  "published": "none: the assignment asks for the figure, no number to reproduce",
@@ -266,15 +270,17 @@ def statistics(cfg: Config, tables) -> dict:
 
 
 def verdicts(cfg: Config, tables) -> list[stats.Verdict]:
+    """None: no published claim to test (see statistics()['published'])."""
     return []  # no published claim to test (see statistics()["published"])
 
 
 def observations(cfg: Config, tables) -> list[str]:
+    """What this run shows, in sentences for the report."""
     out = []
     for task, r in tables["results"].groupby("task", sort=False):
         ok = r[r.status.isin(OK)]
-        iv = {k: _iv(ok[k]) for k in STAT_COLS}
-        ratio = _iv(ok.final_grad_norm / ok.first_grad_norm)
+        iv = {k: stats.brief(ok[k]) for k in STAT_COLS}
+        ratio = stats.brief(ok.final_grad_norm / ok.first_grad_norm)
         full = r.batch.iloc[0] >= r.n_train.iloc[0]
         batch = "full batch" if full else f"batch {int(r.batch.iloc[0])}"
         out.append(
@@ -294,14 +300,8 @@ def observations(cfg: Config, tables) -> list[str]:
     return out
 
 
-def _iv(values, fmt: str = ".3g") -> str:
-    iv = stats.interval(values)
-    if iv.n < stats.MIN_SEEDS:
-        return f"{iv.median:{fmt}} (no interval)"
-    return f"{iv.median:{fmt}} [{iv.lo:{fmt}}, {iv.hi:{fmt}}]"
-
-
 def headline(cfg: Config, tables) -> dict:
+    """A few numbers that summarise this run (summary.json's headline)."""
     out = {}
     for task, r in tables["results"].groupby("task", sort=False):
         ok = r[r.status.isin(OK)]

@@ -32,8 +32,8 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from dlscope import models, plotting
-from dlscope.data import MnistOptions, mnist_dataset
 from dlscope.contract.runspec import RunResult, RunSpec
+from dlscope.data import MnistOptions, mnist_dataset
 from dlscope.experiments import stats
 from dlscope.experiments.common import mnist_spec
 from dlscope.experiments.flatness_common import (
@@ -58,6 +58,7 @@ QUESTION = ("Along the line between two models trained to the same criterion wit
 
 
 class Config(MatchedConfig):
+    """Settings of the interpolation experiment; defaults: the assignment profile."""
     model: str = Field("mlp:784-128-64-10", description="MNIST model of every training")
     batch_pair: list[int] = Field([64, 1024], min_length=2, max_length=2,
                                   description="batch sizes of the batch pair (lr = lr)")
@@ -102,6 +103,7 @@ PROFILES = {"quick": {"seeds": 2, "train_subset": 1024, "max_steps": 48, "n_alph
 
 
 def data_options(cfg: Config) -> dict:
+    """The `MnistOptions` fields of the runs' data."""
     flatten = isinstance(mnist_spec(cfg.model), models.MLPSpec)
     return {"train_subset": cfg.train_subset or None, "seed": cfg.seed, "flatten": flatten}
 
@@ -162,6 +164,7 @@ def run_one(p: dict, ctx) -> RunResult:
 
 
 def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
+    """Tables from the run results: results, models (a row per trained model) and curves."""
     by_key = {spec.key: (spec, r) for spec, r in results}
     ds = mnist_dataset(MnistOptions(**data_options(cfg)))
     ev_train = evaluate_classifier(ds.x_train, ds.y_train, batch_size=10000)
@@ -213,6 +216,7 @@ def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
 
 
 def figures(cfg: Config, tables) -> dict:
+    """The figures, by name, drawn from the tables."""
     figs = {}
     res, mods, cur = tables["results"], tables["models"], tables["curves"]
     for i, (name, g) in enumerate(res.groupby("pair", sort=False)):
@@ -261,6 +265,7 @@ def _ends(mods: pd.DataFrame, name: str, end: str) -> pd.DataFrame:
 
 
 def statistics(cfg: Config, tables) -> dict:
+    """The numbers over seeds behind the verdicts and observations (summary.json)."""
     res, mods = tables["results"], tables["models"]
     out: dict = {"matched_criterion": cfg.criterion_text(), "lr_scaling": cfg.lr_scaling,
                  "interval": "95% t-interval of the mean over seeds",
@@ -284,6 +289,7 @@ def statistics(cfg: Config, tables) -> dict:
 
 
 def verdicts(cfg: Config, tables) -> list[stats.Verdict]:
+    """The published claims this run tests, each with its outcome."""
     res, mods = tables["results"], tables["models"]
     b1, b2 = cfg.batch_pair
     name = f"batch {b1} vs {b2}"
@@ -313,6 +319,7 @@ def verdicts(cfg: Config, tables) -> list[stats.Verdict]:
 
 
 def observations(cfg: Config, tables) -> list[str]:
+    """What this run shows, in sentences for the report."""
     res, mods = tables["results"], tables["models"]
     out = [(f"Matched training: {cfg.criterion_text()}; lr scaling {cfg.lr_scaling}; "
            f"{int(mods.drop_duplicates('run').reached.sum())} of "
@@ -347,6 +354,7 @@ def observations(cfg: Config, tables) -> list[str]:
 
 
 def headline(cfg: Config, tables) -> dict:
+    """A few numbers that summarise this run (summary.json's headline)."""
     out: dict = {"shared_init": cfg.shared_init}
     res, mods = tables["results"], tables["models"]
     for name, g in res.groupby("pair", sort=False):

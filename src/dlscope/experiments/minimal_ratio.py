@@ -54,6 +54,7 @@ TOL_TABLE = [1.0, 1e2, 1e4, 1e6, 1e8]  # values of c in the tolerance table
 
 
 class Config(ExperimentConfig):
+    """Settings of the minimal-ratio experiment; defaults: the assignment profile."""
     runs: int = Field(100, ge=2, description="independent trainings (fresh init each)")
     model: str = Field("mlp:4-3-1:tanh", description="the student: a small MLP (≤ 3,000 params)")
     target: str = Field("teacher", description="'teacher' (tanh teacher + noise, inputs "
@@ -230,6 +231,7 @@ COLUMNS = ["run", "start_epochs", "loss", "grad_norm", "reached", "n_params", "m
 
 
 def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
+    """Tables from the run results: results (a row per critical point) and spectra."""
     from dlscope.metrics.critical import classify_spectrum
 
     rows = [{k: r.values.get(k) for k in COLUMNS} for _, r in results]

@@ -29,6 +29,7 @@ def _reached(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def statistics(cfg, tables) -> dict:
+    """The numbers over seeds behind the verdicts and observations (summary.json)."""
     df = tables["results"]
     ok = _reached(df)
     kinds = ok.kind.value_counts()
@@ -63,6 +64,7 @@ def statistics(cfg, tables) -> dict:
 
 
 def verdicts(cfg, tables) -> list[stats.Verdict]:
+    """The published claims this run tests, each with its outcome."""
     st = statistics(cfg, tables)
     t = stats.Trend(**st["index_vs_loss"])
     if st["reached"] < MIN_REACHED:
@@ -79,6 +81,7 @@ def verdicts(cfg, tables) -> list[stats.Verdict]:
 
 
 def figures(cfg, tables) -> dict:
+    """The figures, by name, drawn from the tables."""
     df = tables["results"]
     ok, missed = _reached(df), df[~df.reached.astype(bool)]
     fig, axes = plotting.figure(ncols=2, width=5.0, height=4.0)
@@ -126,6 +129,7 @@ def figures(cfg, tables) -> dict:
 
 
 def plotting_colors(n: int) -> list:
+    """n colors along viridis (its bright end left out)."""
     from matplotlib import colormaps
 
     cmap = colormaps["viridis"]
@@ -133,6 +137,7 @@ def plotting_colors(n: int) -> list:
 
 
 def observations(cfg, tables) -> list[str]:
+    """What this run shows, in sentences for the report."""
     df = tables["results"]
     ok = _reached(df)
     st = statistics(cfg, tables)
@@ -165,6 +170,7 @@ def observations(cfg, tables) -> list[str]:
 
 
 def headline(cfg, tables) -> dict:
+    """A few numbers that summarise this run (summary.json's headline)."""
     st = statistics(cfg, tables)
     ok = _reached(tables["results"])
     return {"runs": st["runs"], "reached": st["reached"], "loss_min": st["loss_min"],

@@ -31,9 +31,9 @@ from matplotlib.ticker import MaxNLocator
 from pydantic import Field, field_validator, model_validator
 
 from dlscope import models, plotting
-from dlscope.errors import UserError
 from dlscope.contract.config import ExperimentConfig
 from dlscope.contract.runspec import RunResult, RunSpec
+from dlscope.errors import UserError
 from dlscope.experiments import stats
 from dlscope.experiments.common import mnist_spec
 from dlscope.train.engine import TrainConfig, evaluate, seeded_model, train
@@ -58,6 +58,7 @@ def _family_spec(fc: int, target: int) -> models.CNNSpec:
 
 
 class Config(ExperimentConfig):
+    """Settings of the mnist-models experiment; defaults: the assignment profile."""
     family: Literal["equal-params", "reports"] = Field(
         "equal-params", description="equal-params: same size, 1/2/4 hidden fc layers; "
         "reports: the reports' cnn-a, cnn-b, cnn-c (different sizes)")
@@ -160,6 +161,7 @@ def run_one(p: dict, ctx) -> RunResult:
 
 
 def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
+    """Tables from the run results: results (a row per run) and curves (per epoch)."""
     rows, curves = [], []
     for spec, r in results:
         p = spec.params
@@ -186,6 +188,7 @@ def _per_model(res: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def figures(cfg: Config, tables) -> dict:
+    """The figures, by name, drawn from the tables."""
     res, cur = tables["results"], tables["curves"]
     bad = set(zip(res.model[~res.status.isin(["ok", "converged"])],
                   res.seed[~res.status.isin(["ok", "converged"])]))
@@ -223,6 +226,7 @@ def figures(cfg: Config, tables) -> dict:
 
 
 def statistics(cfg: Config, tables) -> dict:
+    """The numbers over seeds behind the verdicts and observations (summary.json)."""
     res = tables["results"]
     out: dict = {"interval": "95% t-interval of the mean over seeds (stats.interval)",
                  "models": {}, "comparisons": []}
@@ -246,6 +250,7 @@ def _comparisons(res: pd.DataFrame) -> list[tuple[str, str, stats.Difference]]:
 
 
 def verdicts(cfg: Config, tables) -> list[stats.Verdict]:
+    """The published claims this run tests, each with its outcome."""
     res = tables["results"]
     claim = (f"CNNs of this kind reach at least {100 * cfg.target_acc:.1f}% test accuracy on "
              "MNIST after 10 epochs (the assignment's bar)")
@@ -277,6 +282,7 @@ def verdicts(cfg: Config, tables) -> list[stats.Verdict]:
 
 
 def observations(cfg: Config, tables) -> list[str]:
+    """What this run shows, in sentences for the report."""
     res, cur = tables["results"], tables["curves"]
     out = []
     for model, g in _per_model(res).items():
@@ -307,13 +313,10 @@ def observations(cfg: Config, tables) -> list[str]:
     return out
 
 
-def _pct(values) -> str:
-    iv = stats.interval(values)
-    if iv.n < stats.MIN_SEEDS:
-        return f"{100 * iv.median:.2f} (no interval)"
-    return f"{100 * iv.median:.2f} [{100 * iv.lo:.2f}, {100 * iv.hi:.2f}]"
+_pct = functools.partial(stats.brief, fmt=".2f", scale=100)  # 'median [lo, hi]' in percent
 
 
 def headline(cfg: Config, tables) -> dict:
+    """A few numbers that summarise this run (summary.json's headline)."""
     return {f"{m}/test_acc": float(_ok(g).test_acc.median())
             for m, g in _per_model(tables["results"]).items()}

@@ -52,6 +52,7 @@ QUESTION = ("How do training and test loss and accuracy change with the number o
 
 
 class Config(ExperimentConfig):
+    """Settings of the param-count experiment; defaults: the assignment profile."""
     widths: list[Annotated[int, Field(ge=1)]] = Field(
         [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024], min_length=2,
         description="hidden width of each model (one model per width)")
@@ -72,6 +73,7 @@ SOURCES = {"rise": "Zhang et al. 2017 (arXiv:1611.03530); HW1 1-3 (SCIENCE.md §
 
 
 def specs(cfg: Config) -> list[models.MLPSpec]:
+    """The MLP spec of each width, narrowest first."""
     return [models.MLPSpec(input_dim=784, hidden=(w,) * cfg.depth, output_dim=10)
             for w in sorted(set(cfg.widths))]
 
@@ -117,6 +119,7 @@ def _result(model, ds, res, m: dict) -> RunResult:
 
 
 def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
+    """Tables from the run results: results (a row per run)."""
     rows = []
     for spec, r in results:
         d = models.describe(spec.params["model"])
@@ -136,6 +139,7 @@ def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
 
 
 def figures(cfg: Config, tables) -> dict:
+    """The figures, by name, drawn from the tables."""
     df = tables["results"]
     n = int(df.n_train.iloc[0])
     fig, _ = loss_accuracy_figure(
@@ -158,6 +162,7 @@ def _fitted(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def statistics(cfg: Config, tables) -> dict:
+    """The numbers over seeds behind the verdicts and observations (summary.json)."""
     df = tables["results"]
     ok, fit = _ok(df), _fitted(df)
     largest, second = _largest_two(df)
@@ -178,6 +183,7 @@ def _largest_two(df: pd.DataFrame) -> tuple[str, str]:
 
 
 def verdicts(cfg: Config, tables) -> list[stats.Verdict]:
+    """The published claims this run tests, each with its outcome."""
     df = tables["results"]
     ok, fit = _ok(df), _fitted(df)
     rise = ("Test accuracy rises with the parameter count of one structure; over-parameterised "
@@ -217,6 +223,7 @@ def _iv(st: dict, model: str, key: str, pct: bool = True) -> str:
 
 
 def observations(cfg: Config, tables) -> list[str]:
+    """What this run shows, in sentences for the report."""
     df = tables["results"]
     st = statistics(cfg, tables)
     order = df.drop_duplicates("model").sort_values("params")
@@ -243,6 +250,7 @@ def observations(cfg: Config, tables) -> list[str]:
 
 
 def headline(cfg: Config, tables) -> dict:
+    """A few numbers that summarise this run (summary.json's headline)."""
     df = _ok(tables["results"])
     med = df.groupby("params")[["train_acc", "test_acc"]].median()
     return {"params_min": int(df.params.min()), "params_max": int(df.params.max()),

@@ -58,6 +58,7 @@ THRESHOLDS = (0.5, 0.9, 0.95)
 
 
 class Config(ExperimentConfig):
+    """Settings of the random-labels experiment; defaults: the assignment profile."""
     model: str = Field("mlp:784-512x3-10", description="MNIST model (mlp:784-...-10 or cnn:)")
     label_noise: float = Field(1.0, ge=0.0, le=1.0,
                                description="fraction of training labels made uniformly random")
@@ -88,6 +89,7 @@ PUBLISHED = "CIFAR-10 MLP 1x512: 99.34% train / 10.61% test accuracy on random l
 
 
 def data_options(cfg: Config) -> dict:
+    """The `MnistOptions` fields of the runs' data (with the label noise)."""
     return mnist_data_options(cfg.model, cfg.train_subset, cfg.seed, label_noise=cfg.label_noise)
 
 
@@ -171,6 +173,7 @@ def _train_all(ps: list[dict], ctx) -> list[RunResult]:
 
 
 def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
+    """Tables from the run results: curves (per epoch) and results (a row per run)."""
     curves, rows = [], []
     for spec, r in results:
         a = r.arrays
@@ -205,6 +208,7 @@ def first_epoch(curve: pd.DataFrame, threshold: float) -> float:
 
 
 def figures(cfg: Config, tables) -> dict:
+    """The figures, by name, drawn from the tables."""
     c = tables["curves"].copy()
     res = tables["results"]
     c["failed"] = c.seed.isin(res.seed[res.status.isin(FAILED)])
@@ -224,6 +228,7 @@ def figures(cfg: Config, tables) -> dict:
 
 
 def statistics(cfg: Config, tables) -> dict:
+    """The numbers over seeds behind the verdicts and observations (summary.json)."""
     res = tables["results"]
     return {"interval": "t-interval (95%) of the mean over the seeds that did not diverge; "
                         "median shown",
@@ -236,6 +241,7 @@ def statistics(cfg: Config, tables) -> dict:
 
 
 def verdicts(cfg: Config, tables) -> list[stats.Verdict]:
+    """The published claims this run tests, each with its outcome."""
     res = tables["results"]
     ok = res[~res.status.isin(FAILED)]
     claim = ("A network memorizes uniformly random training labels (train accuracy towards "
@@ -266,6 +272,7 @@ def verdicts(cfg: Config, tables) -> list[stats.Verdict]:
 
 
 def observations(cfg: Config, tables) -> list[str]:
+    """What this run shows, in sentences for the report."""
     res = tables["results"]
     st = statistics(cfg, tables)["settings"]
     out = []
@@ -296,6 +303,7 @@ def observations(cfg: Config, tables) -> list[str]:
 
 
 def headline(cfg: Config, tables) -> dict:
+    """A few numbers that summarise this run (summary.json's headline)."""
     res = tables["results"]
     ok = res[~res.status.isin(FAILED)]
     return {k: (None if ok[k].isna().all() else float(ok[k].median())) for k in

@@ -67,7 +67,12 @@ class Experiment(Protocol):
     share a `group` run as one batch), `memory(params) -> {part: bytes}` (what a run
     allocates beyond its model and data, for the up-front size limits), `PART` (title of its
     SECTION's part in the report), `headline`, `statistics` and `verdicts` (each
-    `(cfg, tables) -> ...`)."""
+    `(cfg, tables) -> ...`).
+
+    Example:
+        >>> isinstance(get("grad-norm"), Experiment)
+        True
+    """
 
     NAME: str            # the experiment's name on the command line and its folder name
     SECTION: str         # the report groups experiments by it, e.g. "1-2"
@@ -94,7 +99,22 @@ OPTIONAL_CALLABLES = ("run_many", "memory", "headline", "statistics", "verdicts"
 
 
 def contract_problems(module) -> list[str]:
-    """What `module` lacks or has wrong, as short phrases; [] when it satisfies the contract."""
+    """What `module` lacks or has wrong, as short phrases; [] when it satisfies the contract.
+
+    Args:
+        module: The experiment module (or any object with its names as attributes).
+
+    Returns:
+        One phrase per problem ("missing runs, figures", "NAME is not a non-empty string").
+
+    Example:
+        >>> import types
+        >>> contract_problems(types.ModuleType("m"))
+        ['missing NAME, SECTION, TITLE, QUESTION, Config, PROFILES, runs, run_one, analyze,
+          figures, observations']
+        >>> contract_problems(get("grad-norm"))
+        []
+    """
     members = CONTRACT
     missing = [m for m in members if not hasattr(module, m)]
     problems = [f"missing {', '.join(missing)}"] if missing else []
@@ -120,7 +140,24 @@ def contract_problems(module) -> list[str]:
 
 
 def check(module) -> None:
-    """Raise UserError (one line) unless `module` satisfies the experiment contract."""
+    """Raise UserError (one line) unless `module` satisfies the experiment contract.
+
+    Args:
+        module: The experiment module.
+
+    Returns:
+        None.
+
+    Raises:
+        UserError: Naming the module and its `contract_problems`.
+
+    Example:
+        >>> import types
+        >>> check(types.ModuleType("m"))
+        Traceback (most recent call last):
+        ...
+        dlscope.errors.UserError: experiment module m: missing NAME, ... docs/CONTRACT.md)
+    """
     problems = contract_problems(module)
     if problems:
         where = getattr(module, "__name__", repr(module))
@@ -138,7 +175,21 @@ def _import(path: str, via: str) -> ModuleType:
 def register(module: ModuleType | str) -> ModuleType:
     """Check an experiment module (or its import path) against the contract and add it to the
     registry under its NAME; returns the module. Registering the same module again is a no-op;
-    another module under a registered NAME is an error."""
+    another module under a registered NAME is an error.
+
+    Args:
+        module: The module, or its import path.
+
+    Returns:
+        The module.
+
+    Raises:
+        UserError: When it cannot be imported, fails `check`, or its NAME is taken.
+
+    Example:
+        >>> register("dlscope.experiments.grad_norm").NAME
+        'grad-norm'
+    """
     if isinstance(module, str):
         module = _import(module, "experiment module")
     if not isinstance(module, ModuleType):
@@ -157,7 +208,19 @@ def register(module: ModuleType | str) -> ModuleType:
 
 
 def load_plugins(paths, via: str = "--plugin") -> list[ModuleType]:
-    """Import and register experiment modules by import path (the CLI's --plugin)."""
+    """Import and register experiment modules by import path (the CLI's --plugin).
+
+    Args:
+        paths: Import paths.
+        via: Where the paths came from, for error messages.
+
+    Returns:
+        The registered modules.
+
+    Example:
+        >>> [m.NAME for m in load_plugins(["dlscope.experiments.curvature"])]
+        ['curvature']
+    """
     return [register(_import(p, via)) for p in paths]
 
 
@@ -177,7 +240,16 @@ def _entry_points() -> None:
 
 
 def discover() -> None:
-    """Register what DLSCOPE_PLUGINS names and what installed packages declare."""
+    """Register what DLSCOPE_PLUGINS names and what installed packages declare.
+
+    Returns:
+        None; the modules land in `REGISTRY`.
+
+    Example:
+        >>> discover()
+        >>> "function-fit" in REGISTRY
+        True
+    """
     _entry_points()
     paths = [p.strip() for p in os.environ.get(PLUGINS_ENV, "").split(",") if p.strip()]
     load_plugins(paths, via=PLUGINS_ENV)
@@ -193,13 +265,40 @@ def _findable(path: str) -> bool:
 
 
 def available() -> list[str]:
-    """Registered experiments whose module exists: the assignment's order, then outside ones."""
+    """Registered experiments whose module exists: the assignment's order, then outside ones.
+
+    Returns:
+        Their names.
+
+    Example:
+        >>> available()[:3]
+        ['function-fit', 'mnist-models', 'weight-pca']
+    """
     discover()
     return [name for name, path in REGISTRY.items() if _findable(path)]
 
 
 def get(name: str) -> ModuleType:
-    """The checked module of a registered experiment (UserError for an unknown name)."""
+    """The checked module of a registered experiment (UserError for an unknown name).
+
+    Args:
+        name: The experiment's NAME.
+
+    Returns:
+        Its module, imported and checked against the contract (once per process).
+
+    Raises:
+        UserError: For an unknown name, a module that fails `check`, or one whose NAME
+            differs.
+
+    Example:
+        >>> get("grad-norm").NAME
+        'grad-norm'
+        >>> get("nope")
+        Traceback (most recent call last):
+        ...
+        dlscope.errors.UserError: unknown experiment 'nope' (one of: function-fit, ...)
+    """
     if name not in REGISTRY or not _findable(REGISTRY[name]):
         names = available()
         if name not in names:
@@ -220,7 +319,18 @@ def describe(name: str) -> dict[str, str]:
     """SECTION/TITLE/QUESTION of a registered experiment without importing it (read from its
     source with `ast` unless it is imported already), as {"section": ...}; {} if unknown.
     The report uses it for experiments that left no summary, so a broken module can never
-    break the report."""
+    break the report.
+
+    Args:
+        name: The experiment's NAME.
+
+    Returns:
+        {"section": ..., "title": ..., "question": ...} (the string constants found).
+
+    Example:
+        >>> describe("curvature")["section"], describe("nope")
+        ('1-2', {})
+    """
     path = REGISTRY.get(name)
     if path is None:
         return {}
@@ -256,6 +366,18 @@ def _constants_from_source(path: str) -> dict[str, str]:
 
 
 def part_title(section: str) -> str:
-    """The report's title for a SECTION's group."""
+    """The report's title for a SECTION's group.
+
+    Args:
+        section: An experiment's SECTION, e.g. "1-2".
+
+    Returns:
+        The part's title; the section itself when none is known; "Other experiments" for an
+        empty or unknown ("?") section.
+
+    Example:
+        >>> part_title("1-2"), part_title(""), part_title("2-1")
+        ('Optimization', 'Other experiments', '2-1')
+    """
     return PARTS.get(section, "Other experiments" if section in ("", "?") else section)
 
