@@ -1,20 +1,16 @@
 """The CNN training step's one special kernel: a first convolution over a one-channel image as
 one matrix product.
 
-oneDNN handles a convolution with a single input channel poorly: on the 2-core machine of
-docs/PERFORMANCE.md, cnn-b's first layer (1 -> 16 channels, 3x3, 100 MNIST images) took
-0.8-3.0 ms forward and 3.6-7.6 ms for its weight gradient, a fifth to a third of the whole
-step for 2% of its multiply-accumulates. Written as the k*k shifted copies of the padded image
-(`cols`, [k*k, B*H*W], nine contiguous copies) times the [C, k*k] weight, it is one GEMM
-forward and one for the weight gradient (0.5 + 0.5 ms and 1.4 ms there), and its output is
-already channels-last. The input needs no gradient, so none is computed. The sums run in
-another order than oneDNN's: the same numbers to float tolerance (tests/test_cnnfast.py).
+oneDNN handles a convolution with a single input channel poorly: cnn-b's first layer takes a
+fifth to a third of the whole step for 2% of its multiply-accumulates (docs/PERFORMANCE.md).
+Written as the k*k shifted copies of the padded image (`cols`, [k*k, B*H*W], nine contiguous
+copies) times the [C, k*k] weight, it is one GEMM forward and one for the weight gradient,
+and its output is already channels-last. The input needs no gradient, so none is computed.
+The sums run in another order than oneDNN's: the same numbers to float tolerance
+(tests/test_cnnfast.py).
 
-It wins only for 16 or more output channels (`MIN_CHANNELS`): forward plus weight gradient
-of 100 MNIST images, 2026-12-02, oneDNN channels-last against `FirstConv`, one thread: 8
-channels k5 6.97 vs 13.20 ms, 8 k3 6.75 vs 7.65, 10 k5 13.92 vs 20.90; 16 k5 15.07 vs 7.85,
-16 k3 13.73 vs 5.52, 32 k3 27.08 vs 9.21, 32 k5 33.54 vs 14.49 (two threads alike): MKL's
-GEMM with 8-10 output columns runs at a fraction of its rate.
+It wins only for 16 or more output channels (`MIN_CHANNELS`): MKL's GEMM with 8-10 output
+columns runs at a fraction of its rate (the measurements: the comment at `MIN_CHANNELS`).
 
 `forward_of(model)` returns the training forward that uses it, or None where it does not
 apply (the caller then runs the module itself).
@@ -32,7 +28,27 @@ from torch import nn
 class FirstConv(torch.autograd.Function):
     """conv2d(x, weight, bias, padding) for x [B, 1, H, W] that needs no input gradient. A row
     of ones under the k*k shifted copies carries the bias, so forward and backward are one
-    GEMM each (the bias gradient is the product's last row)."""
+    GEMM each (the bias gradient is the product's last row).
+
+    Args:
+        (of `FirstConv.apply`) x: the images ``[B, 1, H, W]``; weight: ``[C, 1, k, k]``;
+        bias: ``[C]``; padding: the zero padding on every side.
+
+    Returns:
+        The convolution ``[B, C, Ho, Wo]``, channels-last in memory.
+
+    Example:
+        >>> x = torch.randn(2, 1, 6, 6)
+        >>> w, b = torch.randn(16, 1, 3, 3, requires_grad=True), torch.randn(16, requires_grad=True)
+        >>> out = FirstConv.apply(x, w, b, 1)
+        >>> torch.allclose(out, F.conv2d(x, w, b, padding=1), atol=1e-5)
+        True
+        >>> out.sum().backward()
+        >>> gw, w.grad = w.grad, None
+        >>> F.conv2d(x, w, b, padding=1).sum().backward()
+        >>> torch.allclose(gw, w.grad, atol=1e-4)
+        True
+    """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
@@ -63,6 +79,12 @@ class FirstConv(torch.autograd.Function):
         return None, gw, both[kk].clone(), None
 
 
+# Measured on the 2-core machine of docs/PERFORMANCE.md: cnn-b's first layer (1 -> 16
+# channels, 3x3, 100 MNIST images) took 0.8-3.0 ms forward and 3.6-7.6 ms for its weight
+# gradient with oneDNN, 0.5 + 0.5 ms and 1.4 ms as FirstConv. Forward plus weight gradient
+# of 100 MNIST images, 2026-12-02, oneDNN channels-last against `FirstConv`, one thread: 8
+# channels k5 6.97 vs 13.20 ms, 8 k3 6.75 vs 7.65, 10 k5 13.92 vs 20.90; 16 k5 15.07 vs
+# 7.85, 16 k3 13.73 vs 5.52, 32 k3 27.08 vs 9.21, 32 k5 33.54 vs 14.49 (two threads alike).
 MIN_CHANNELS = 16  # output channels from which FirstConv beats oneDNN (measured above)
 
 
@@ -78,8 +100,24 @@ def _plain_first_conv(layer: nn.Module) -> bool:
 
 def forward_of(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The training forward of a plain `nn.Sequential` CNN on the CPU whose first layer
-    convolves a one-channel image into `MIN_CHANNELS` or more channels (`FirstConv` for that
-    layer, the module's own layers after it), or None when the model is anything else."""
+    convolves a one-channel image into `MIN_CHANNELS` or more channels: `FirstConv` for that
+    layer, the module's own layers after it.
+
+    Args:
+        model: any module.
+
+    Returns:
+        The forward function, or None when the model is anything else.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Flatten(),
+        ...                     nn.Linear(16 * 36, 2))
+        >>> x = torch.randn(2, 1, 6, 6)
+        >>> torch.allclose(forward_of(net)(x), net(x), atol=1e-5)
+        True
+        >>> forward_of(nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU())) is None  # under 16 channels
+        True
+    """
     if (type(model) is not nn.Sequential or len(model) < 2 or not _plain_first_conv(model[0])
             or model[0].weight.device.type != "cpu"
             or model._forward_hooks or model._forward_pre_hooks):

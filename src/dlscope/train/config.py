@@ -10,6 +10,36 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class TrainConfig(BaseModel):
+    """What a training run is asked to do: optimizer, schedule and stopping rules (a pydantic
+    model; unknown fields are rejected).
+
+    Args:
+        optimizer: "adam" or "sgd".
+        lr: the learning rate (> 0).
+        momentum: SGD momentum, in [0, 1).
+        weight_decay: the L2 penalty (>= 0).
+        batch_size: rows per step; None trains full batch.
+        epochs: the epoch budget (>= 1).
+        converge_loss: stop once an epoch's training loss is below this.
+        converge_rel: stop when the best loss improved by less than this fraction over the
+            last `converge_window` epochs.
+        converge_window: the epochs the plateau rule looks back.
+        eval_every: evaluate the test set every k epochs (and after the last).
+        eval_test: whether to evaluate the test set at all.
+
+    Returns:
+        The validated configuration; an invalid value raises `pydantic.ValidationError`.
+
+    Example:
+        >>> cfg = TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9)
+        >>> cfg.optimizer_settings()
+        {'kind': 'sgd', 'lr': 0.1, 'momentum': 0.9, 'weight_decay': 0.0}
+        >>> try:
+        ...     TrainConfig(lr=0)
+        ... except ValueError:
+        ...     print("rejected")
+        rejected
+    """
     model_config = ConfigDict(extra="forbid")
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0, description="learning rate")
@@ -31,6 +61,27 @@ class TrainConfig(BaseModel):
 
 @dataclass
 class TrainResult:
+    """What a training run gives back: how it ended, its per-epoch history and per-step curves.
+
+    Args:
+        status: "ok" (the epoch budget ran out), "converged" or "diverged".
+        epochs_run: the epochs trained.
+        converged_epoch: the epoch a convergence rule fired, else None.
+        stop_rule: which rule stopped the run (e.g. "loss < 0.01"), else None.
+        diverged_step: the 1-based step whose loss was not finite, else None.
+        history: per-epoch lists under `rules.HISTORY_KEYS` (None where not evaluated).
+        step_loss: every step's mean training loss, float32.
+        grad_norm: every step's full-gradient L2 norm when recorded, else None.
+        wall_s: the run's seconds (its share, in an ensemble).
+
+    Returns:
+        The record; `final(key)` gives the last non-None value of a history column (NaN if none).
+
+    Example:
+        >>> r = TrainResult(status="ok", epochs_run=3, history={"train_loss": [0.9, 0.5, None]})
+        >>> r.final("train_loss"), r.final("test_loss")
+        (0.5, nan)
+    """
     status: str  # "ok" | "converged" | "diverged"
     epochs_run: int
     converged_epoch: int | None = None

@@ -10,12 +10,13 @@ e's gradient is its own; each member's optimizer update is the fused kernel's on
 parameter views. A member equals its solo run to float tolerance, not bit for bit (grouped and
 single convolutions sum in different orders; tests/test_grouped.py).
 
-Why it is opt-in: on the 2-core CPU of docs/PERFORMANCE.md three cnn-b members stepped this
-way took 0.82-1.2x the time of the three one by one (`dlscope bench`: cnn_ensemble_ratio),
-because a CNN step there is bound by arithmetic, which grouping does not reduce. What it
-saves is per-layer calls: E kernels become one, which is what small CNNs pay for on a GPU
-(not measured: no GPU here).
+Why it is opt-in: on a CPU three cnn-b members stepped this way are no faster than the three
+one by one (`dlscope bench`: cnn_ensemble_ratio; docs/PERFORMANCE.md), because a CNN step
+there is bound by arithmetic, which grouping does not reduce. What it saves is per-layer
+calls: E kernels become one, which is what small CNNs pay for on a GPU.
 """
+# On the 2-core CPU of docs/PERFORMANCE.md the grouped step took 0.82-1.2x the time of the
+# three members one by one; the GPU case is not measured.
 
 from __future__ import annotations
 
@@ -67,7 +68,25 @@ def _signature(model: nn.Module) -> tuple | None:
 
 
 def groupable(members: Sequence[nn.Module], x: torch.Tensor) -> bool:
-    """Whether `GroupedCNNStep` can train these members on inputs like `x` ``[N, C, H, W]``."""
+    """Whether `GroupedCNNStep` can train these members on inputs like `x` ``[N, C, H, W]``.
+
+    Args:
+        members: the modules (two or more same-shape CNNs of convolutions, channel-wise pooling
+            and activations, one `Flatten`, then linear layers).
+        x: inputs like the training set's.
+
+    Returns:
+        True when they group.
+
+    Example:
+        >>> from dlscope.train.engine import seeded_model
+        >>> build = lambda: nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(),
+        ...                               nn.Linear(32, 2))
+        >>> cnns = [seeded_model(build, s) for s in (0, 1)]
+        >>> x, y = torch.randn(4, 1, 6, 6), torch.tensor([0, 1, 1, 0])
+        >>> groupable(cnns, x), groupable(cnns[:1], x), groupable([cnns[0], nn.Linear(36, 2)], x)
+        (True, False, False)
+    """
     sigs = {_signature(m) for m in members}
     params = [p for m in members for p in m.parameters()]
     return (len(members) > 1 and len(sigs) == 1 and None not in sigs and x.dim() == 4
@@ -76,7 +95,28 @@ def groupable(members: Sequence[nn.Module], x: torch.Tensor) -> bool:
 
 
 class GroupedCNNStep:
-    """The `Step` (see `steps.Step`) of E same-shape CNNs as one grouped network."""
+    """The `Step` (see `steps.Step`) of E same-shape CNNs as one grouped network.
+
+    Args:
+        members: the CNNs (`groupable`); they receive their parameters on `module(j)`.
+        classification: cross-entropy and argmax, else MSE.
+        optimizers: each member's optimizer settings.
+
+    Returns:
+        The step.
+
+    Example:
+        >>> from dlscope.train.engine import seeded_model
+        >>> build = lambda: nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(),
+        ...                               nn.Linear(32, 2))
+        >>> cnns = [seeded_model(build, s) for s in (0, 1)]
+        >>> x, y = torch.randn(4, 1, 6, 6), torch.tensor([0, 1, 1, 0])
+        >>> step = GroupedCNNStep(cnns, True, [dict(kind="sgd", lr=0.1)] * 2)
+        >>> losses = torch.empty(2)
+        >>> step.forward_backward(x.expand(2, *x.shape), y.expand(2, 4), losses, None)
+        >>> torch.allclose(losses, torch.stack([F.cross_entropy(m(x), y) for m in cnns]))
+        True
+    """
 
     autograd = True
 

@@ -27,7 +27,29 @@ OnEpoch = Callable[[int, nn.Module, dict], None]
 
 class BatchOrder:
     """The members' batches, step-major: step s holds ``[members, B_s]`` row indices, member
-    e's rows being its own permutation's slice s (or the whole set when full batch)."""
+    e's rows being its own permutation's slice s (or the whole set when full batch).
+
+    Args:
+        n: the training set's rows.
+        batch_size: rows per step (the last step takes the rest).
+        seeds: each member's batch-order seed.
+        device: where the indices live.
+
+    Returns:
+        The order; `epoch(members)` draws the next epoch's indices.
+
+    Example:
+        >>> cpu = torch.device("cpu")
+        >>> order = BatchOrder(10, 4, seeds=[0, 1], device=cpu)
+        >>> order.sizes
+        [4, 4, 2]
+        >>> rows = order.epoch([0, 1])  # member 0's rows: 0-3, 8-11, 16-17
+        >>> mine = rows[[0, 1, 2, 3, 8, 9, 10, 11, 16, 17]]
+        >>> torch.equal(mine, BatchOrder(10, 4, seeds=[0], device=cpu).epoch([0]))  # its solo order
+        True
+        >>> BatchOrder(10, 10, seeds=[0], device=cpu).epoch([0]) is None  # full batch
+        True
+    """
 
     def __init__(self, n: int, batch_size: int, seeds: Sequence[int], device: torch.device):
         self.n, self.bs, self.device = n, batch_size, device
@@ -97,12 +119,37 @@ def fit(step: Step, data, cfgs: Sequence[TrainConfig], seeds: Sequence[int], bat
         progress: Callable[[int], None] | None = None) -> list[TrainResult]:
     """Train `step`'s members on `data` (member e with `cfgs[e]`, `seeds[e]`), in place.
 
-    `on_epoch[e](epoch, module, metrics)` runs after epoch 0 (before any step, so trajectories
-    include the initial point) and after every epoch; `progress(epoch)` after every epoch.
-    A member leaves the step when a rule of its own stops it (`rules.Stopping`); the others
-    go on. A result's `wall_s` is the member's share of the time: setup split evenly, each
-    epoch split among the members that trained in it. The loop runs on the step's thread
-    count (`Step.threads`: one thread for a small step)."""
+    A member leaves the step when a rule of its own stops it (`rules.Stopping`); the others go
+    on. The loop runs on the step's thread count (`Step.threads`: one thread for a small step).
+
+    Args:
+        step: the members' step (`steps.choose_step`).
+        data: a dlscope Dataset.
+        cfgs: each member's configuration.
+        seeds: each member's batch-order seed.
+        batch_size: rows per step, shared by the members.
+        on_epoch: per member, `(epoch, module, metrics)` run after epoch 0 (before any step, so
+            trajectories include the initial point) and after every epoch, or None.
+        record_grad_norm: also record every step's full-gradient norm.
+        progress: called with the epoch number after every epoch.
+
+    Returns:
+        One `TrainResult` per member; a result's `wall_s` is the member's share of the time
+        (setup split evenly, each epoch split among the members that trained in it).
+
+    Example:
+        >>> from dlscope.data.dataset import Dataset
+        >>> from dlscope.train.steps import choose_step
+        >>> x = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+        >>> ds = Dataset.from_tensors(x, (x[:, 0] > 0).long())
+        >>> net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+        >>> cfg = TrainConfig(lr=0.05, epochs=2, batch_size=16)
+        >>> [step] = choose_step([net], True, ds.x_train, [cfg.optimizer_settings()])
+        >>> seen = []
+        >>> [r] = fit(step, ds, [cfg], [0], 16, [lambda epoch, m, row: seen.append(epoch)])
+        >>> r.epochs_run, seen, len(r.step_loss), r.final("train_loss") < r.history["train_loss"][0]
+        (2, [0, 1, 2], 4, True)
+    """
     with intra_op_threads(step.threads(batch_size)):
         return _fit(step, data, cfgs, seeds, batch_size, on_epoch, record_grad_norm, progress)
 

@@ -15,7 +15,26 @@ ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 
 def torch_optimizer(params, *, kind: Kind, lr: float, momentum: float = 0.0,
                     weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """`torch.optim.Adam` / `SGD`, fused where the parameters allow it, else foreach."""
+    """`torch.optim.Adam` / `SGD`, fused where the parameters allow it, else foreach.
+
+    Args:
+        params: the parameters to optimize.
+        kind: "adam" or "sgd".
+        lr: the learning rate.
+        momentum: SGD momentum (ignored by Adam).
+        weight_decay: the L2 penalty.
+
+    Returns:
+        The `torch.optim.Optimizer`.
+
+    Example:
+        >>> p = torch.nn.Parameter(torch.tensor([1.0]))
+        >>> opt = torch_optimizer([p], kind="sgd", lr=0.5)
+        >>> p.grad = torch.tensor([2.0])
+        >>> opt.step()
+        >>> type(opt).__name__, p.item()  # 1 - 0.5 * 2
+        ('SGD', 0.0)
+    """
     params = list(params)
     fused = all(p.device.type in ("cpu", "cuda") for p in params)
     impl = {"fused": True} if fused else {"foreach": True}
@@ -28,15 +47,36 @@ class FusedOptimizer:
     """torch.optim's fused Adam / SGD kernels called directly, with the state kept here.
 
     Same arithmetic as `torch.optim.Adam(fused=True)` / `SGD(fused=True)`: their `step` calls
-    exactly `torch._fused_adam_` / `torch._fused_sgd_` with these arguments (tests compare the
-    parameters bit for bit). What it leaves out is the per-step Python of `Optimizer.step`
-    (grouping, state lookups, profiler hooks), which costs as much as the kernel itself for
-    the course's small models. `grads` are passed to each `step`, so gradients may live
-    anywhere (autograd's fresh `.grad`, or an autograd-free step's preallocated buffers).
+    exactly `torch._fused_adam_` / `torch._fused_sgd_` with these arguments. What it leaves out
+    is the per-step Python of `Optimizer.step` (grouping, state lookups, profiler hooks), which
+    costs as much as the kernel itself for the course's small models. `grads` are passed to each
+    `step`, so gradients may live anywhere (autograd's fresh `.grad`, or an autograd-free step's
+    preallocated buffers). `select` keeps some members, with their state. The kernels are
+    elementwise, so one call over all members equals a call per member.
 
-    `params` may hold several members' tensors, member after member, `len(params) // members`
-    each (the stacked ensemble's per-member views); `select` keeps some of them, with their
-    state. The kernels are elementwise, so one call over all members equals a call per member.
+    Args:
+        params: the tensors to update in place; may hold several members' tensors, member after
+            member, `len(params) // members` each (the stacked ensemble's per-member views).
+        kind: "adam" or "sgd".
+        lr: the learning rate.
+        momentum: SGD momentum.
+        weight_decay: the L2 penalty.
+        members: how many members `params` holds.
+
+    Returns:
+        The optimizer; `step(grads)` updates `params`.
+
+    Example:
+        >>> p = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+        >>> q = torch.nn.Parameter(p.detach().clone())
+        >>> fused = FusedOptimizer([p], kind="adam", lr=0.1)
+        >>> ref = torch.optim.Adam([q], lr=0.1, fused=True)
+        >>> for _ in range(3):
+        ...     fused.step([2 * p.detach()])
+        ...     q.grad = 2 * q.detach()
+        ...     ref.step()
+        >>> torch.equal(p, q)
+        True
     """
 
     def __init__(self, params: Sequence[torch.Tensor], *, kind: Kind, lr: float,
@@ -112,9 +152,26 @@ Tensors = Callable[[list[int]], list[torch.Tensor]]  # member positions -> their
 
 
 class MemberOptimizers:
-    """The optimizers of members stepped together: one `FusedOptimizer` per group of members
-    that share hyperparameters (the kernel takes one scalar lr). `tensors_of(positions)` gives
-    those members' parameter tensors, member after member."""
+    """The optimizers of members stepped together: one `FusedOptimizer` per group of
+    members that share hyperparameters (the kernel takes one scalar lr).
+
+    Args:
+        settings: each member's optimizer settings (`TrainConfig.optimizer_settings()`).
+        tensors_of: member positions -> those members' parameter tensors, member after member.
+
+    Returns:
+        The optimizers; `step(grads_of)` updates every member, `keep` drops members.
+
+    Example:
+        >>> w = [torch.zeros(1), torch.zeros(1), torch.zeros(1)]
+        >>> opts = MemberOptimizers([dict(kind="sgd", lr=0.1), dict(kind="sgd", lr=1.0),
+        ...                          dict(kind="sgd", lr=0.1)], lambda js: [w[j] for j in js])
+        >>> opts.groups
+        {(('kind', 'sgd'), ('lr', 0.1)): [0, 2], (('kind', 'sgd'), ('lr', 1.0)): [1]}
+        >>> opts.step(lambda js: [torch.ones(1) for _ in js])
+        >>> [t.item() for t in w]
+        [-0.1, -1.0, -0.1]
+    """
 
     def __init__(self, settings: Sequence[dict], tensors_of: Tensors):
         self.groups: dict[tuple, list[int]] = {}  # hyperparameters -> member positions

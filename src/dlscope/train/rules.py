@@ -24,7 +24,24 @@ HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
 
 
 class Stopping:
-    """One member's stopping and divergence rules, and the outcome once one fired."""
+    """One member's stopping and divergence rules, and the outcome once one fired.
+
+    Args:
+        cfg: the member's configuration (`converge_loss`, `converge_rel`, `converge_window`,
+            `epochs`).
+
+    Returns:
+        The rules; `diverged` and `stops` are asked after every epoch, then `status`,
+        `stop_rule`, `converged_epoch` and `diverged_step` tell the outcome.
+
+    Example:
+        >>> s = Stopping(TrainConfig(epochs=5, converge_loss=0.1))
+        >>> s.stops(1, 0.5), s.stops(2, 0.05), s.status, s.stop_rule, s.converged_epoch
+        (False, True, 'converged', 'loss < 0.1', 2)
+        >>> d = Stopping(TrainConfig())
+        >>> d.diverged(2, [0.3, float("nan")]), d.status, d.diverged_step  # epoch 2 of 2 steps
+        (True, 'diverged', 4)
+    """
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -62,7 +79,25 @@ class Stopping:
 
 
 class History:
-    """One member's record: per-epoch metrics, per-step losses (and gradient norms), time."""
+    """One member's record: per-epoch metrics, per-step losses (and gradient norms), time.
+
+    Args:
+        cfg: the member's configuration (`eval_test`, `eval_every`, `epochs`).
+
+    Returns:
+        The empty record; the loop fills it, `result(stopping)` turns it into a `TrainResult`.
+
+    Example:
+        >>> h = History(TrainConfig(epochs=2, eval_every=2))
+        >>> h.steps(1, [0.9, 0.7], None)
+        >>> h.tests(1), h.tests(2)
+        (False, True)
+        >>> h.epoch(1, 0.8, 0.5, None, None)
+        {'epoch': 1, 'train_loss': 0.8, 'train_acc': 0.5, 'test_loss': None, 'test_acc': None}
+        >>> r = h.result(Stopping(h.cfg))
+        >>> r.epochs_run, r.step_loss.tolist(), r.final("train_loss")
+        (1, [0.9, 0.7], 0.8)
+    """
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg

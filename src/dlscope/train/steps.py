@@ -8,7 +8,7 @@ tolerance for CNNs on the CPU).
 - `MLPStep`: a plain MLP (`fastpath.mlp_chain`) without autograd: forward with addmm, the
   backward written out with the ATen kernels autograd would call, gradients into
   preallocated `.grad` tensors. Same numbers as `AutogradStep`, bit for bit on this build.
-- `StackedMLPStep`: E same-shape plain MLPs at once (`stacked.StackedMLP`), with baddbmm and
+- `stacked.StackedMLPStep`: E same-shape plain MLPs at once (`stacked.StackedMLP`), with baddbmm and
   bmm (narrow nets on long batches with the batch as the last dimension,
   `fastpath.batch_last_wins`). A member equals its solo run to float tolerance, not bit for
   bit: batched and single matmuls sum in different orders.
@@ -34,22 +34,38 @@ from torch import nn
 
 from dlscope.train import cnnfast
 from dlscope.train.evaluation import evaluate, grad_norm, loss_function
-from dlscope.train.fastpath import (
-    batch_last_wins,
-    loss_and_grad,
-    mlp_backward,
-    mlp_chain,
-    mlp_forward,
-    stacked_loss_and_grad,
-)
+from dlscope.train.fastpath import loss_and_grad, mlp_backward, mlp_chain, mlp_forward
 from dlscope.train.grouped import GroupedCNNStep, groupable
-from dlscope.train.optim import FusedOptimizer, MemberOptimizers, torch_optimizer
-from dlscope.train.stacked import StackedMLP, evaluate_stacked
+from dlscope.train.optim import FusedOptimizer, torch_optimizer
+from dlscope.train.stacked import StackedMLPStep
 from dlscope.train.threads import step_threads
 
 
 class Step(Protocol):
-    """What the training loop needs from a step: members are addressed by their position."""
+    """What the training loop needs from a step: members are addressed by their position.
+
+    Args:
+        (per method) xb, yb: a batch ``[members, B, ...]``; loss_out ``[members]`` and
+        pred_out ``[members, B]`` (or None): where `forward_backward` writes each member's mean
+        loss and argmax; j: a member's position; positions: the members to keep.
+
+    Returns:
+        (per method) `grad_norms`: ``[members]``; `evaluate`: (losses, accuracies);
+        `module`: the member's module; `threads`: the loop's intra-op threads or None.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> [step] = choose_step([net], True, torch.zeros(1, 3), [dict(kind="sgd", lr=0.1)])
+        >>> step.size, step.autograd
+        (1, False)
+        >>> xb, yb, loss = torch.randn(1, 16, 3), torch.randint(0, 2, (1, 16)), torch.empty(1)
+        >>> step.forward_backward(xb, yb, loss, None)
+        >>> before = loss.item()
+        >>> step.update()
+        >>> step.forward_backward(xb, yb, loss, None)
+        >>> loss.item() < before
+        True
+    """
 
     size: int  # members trained together
     autograd: bool  # whether the loop runs the step with autograd enabled
@@ -107,13 +123,36 @@ class _OneModel:
 
 class AutogradStep(_OneModel):
     """Forward, `loss.backward()`, then the fused optimizer (or `torch.optim` where the fused
-    kernel does not apply, or with `fused=False`). `compile=True` runs the model through
-    `torch.compile` (opt-in; docs/PERFORMANCE.md has the measurement). `channels_last=True`
-    stores a CNN's convolution weights channels-last, so oneDNN convolves and pools in NHWC,
-    and runs a one-channel first convolution into 16 or more channels as one GEMM
-    (`cnnfast.FirstConv`); on the CPU a
-    cnn-b step took 16 instead of 26 ms (docs/PERFORMANCE.md), the same numbers to float
-    tolerance, not bit for bit: the convolutions sum in another order."""
+    kernel does not apply, or with `fused=False`). On the CPU channels-last is the faster
+    layout for CNN steps (docs/PERFORMANCE.md): the same numbers to float tolerance, not bit for
+    bit, since the convolutions sum in another order.
+
+    Args:
+        model: the model, trained in place.
+        classification: cross-entropy and argmax, else MSE.
+        optimizer: the optimizer settings (`TrainConfig.optimizer_settings()`).
+        fused: use `FusedOptimizer` where it applies.
+        compile: run the model through `torch.compile` (opt-in).
+        channels_last: store a CNN's convolution weights channels-last, so oneDNN convolves and
+            pools in NHWC, and run a one-channel first convolution into 16 or more channels as
+            one GEMM (`cnnfast.FirstConv`).
+
+    Returns:
+        The step.
+
+    Example:
+        >>> from dlscope.train.engine import seeded_model
+        >>> build = lambda: nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2))
+        >>> sgd = dict(kind="sgd", lr=0.1)
+        >>> a = AutogradStep(seeded_model(build, 0), True, sgd)
+        >>> m = MLPStep(seeded_model(build, 0), True, sgd)
+        >>> xb, yb = torch.randn(1, 16, 3), torch.randint(0, 2, (1, 16))
+        >>> la, lm = torch.empty(1), torch.empty(1)
+        >>> a.forward_backward(xb, yb, la, None)
+        >>> m.forward_backward(xb, yb, lm, None)
+        >>> torch.equal(la, lm), torch.equal(a.model[0].weight.grad, m.model[0].weight.grad)
+        (True, True)
+    """
 
     autograd = True
 
@@ -158,7 +197,29 @@ class AutogradStep(_OneModel):
 
 
 class MLPStep(_OneModel):
-    """A plain MLP's step without autograd; gradients land in the parameters' `.grad`."""
+    """A plain MLP's step without autograd (`fastpath`); gradients land in the parameters'
+    preallocated `.grad`, the same numbers as `AutogradStep`'s.
+
+    Args:
+        model: a plain MLP (`fastpath.mlp_chain`), trained in place.
+        classification: cross-entropy and argmax, else MSE.
+        optimizer: the optimizer settings (`TrainConfig.optimizer_settings()`).
+
+    Returns:
+        The step.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> step = MLPStep(net, True, dict(kind="adam", lr=0.05))
+        >>> xb, yb, loss = torch.randn(1, 32, 3), torch.randint(0, 2, (1, 32)), torch.empty(1)
+        >>> first = None
+        >>> for _ in range(5):
+        ...     step.forward_backward(xb, yb, loss, None)
+        ...     first = loss.item() if first is None else first
+        ...     step.update()
+        >>> loss.item() < first
+        True
+    """
 
     autograd = False
 
@@ -196,74 +257,23 @@ class MLPStep(_OneModel):
         return step_threads(self.W, batch_size)
 
 
-class StackedMLPStep:
-    """E same-shape plain MLPs stepped as one (`StackedMLP`); each member's optimizer update
-    is the fused kernel's on its own parameter views, one call per group of members that
-    share hyperparameters (the kernel takes one scalar lr). The members' modules receive
-    their parameters when `module(j)` is asked for."""
-
-    autograd = False
-
-    def __init__(self, members: Sequence[nn.Module], classification: bool,
-                 optimizers: Sequence[dict]):
-        self.stacked = st = StackedMLP(members)
-        self.classification = classification
-        self.one = torch.ones((), dtype=st.W[0].dtype, device=st.W[0].device)
-        self.opt = MemberOptimizers(optimizers, self._params)
-        self._new_grads()
-
-    @property
-    def size(self) -> int:
-        return self.stacked.size
-
-    def _params(self, positions: Sequence[int], tensors=None) -> list[torch.Tensor]:
-        return [t for j in positions for t in self.stacked.member_tensors(j, tensors)]
-
-    def _new_grads(self) -> None:
-        self.gW = [torch.empty_like(w) for w in self.stacked.W]
-        self.gb = [torch.empty_like(b) for b in self.stacked.b]
-        self.grads = {tuple(js): self._params(js, [self.gW, self.gb])  # views, made once
-                      for js in self.opt.groups.values()}
-
-    def forward_backward(self, xb, yb, loss_out, pred_out) -> None:
-        st = self.stacked
-        a = xb.reshape(*xb.shape[:2], -1) if st.flatten else xb
-        last = batch_last_wins(st.W, a.shape[1])  # then [E, features, B] throughout
-        out, saved = mlp_forward(st.W, st.b, st.acts, a.mT if last else a, batch_last=last)
-        if last:
-            out = out.mT.contiguous()
-        g = stacked_loss_and_grad(out, yb, self.classification, self.one, loss_out)
-        mlp_backward(st.W, st.acts, saved, g.mT if last else g, self.gW, self.gb,
-                     batch_last=last)
-        if pred_out is not None:
-            torch.argmax(out, 2, out=pred_out)
-
-    def grad_norms(self) -> torch.Tensor:
-        E = self.size
-        per = [torch.linalg.vector_norm(g.reshape(E, -1), dim=1) for g in (*self.gW, *self.gb)]
-        return torch.linalg.vector_norm(torch.stack(per), dim=0)
-
-    def update(self) -> None:
-        self.opt.step(lambda js: self.grads[tuple(js)])
-
-    def threads(self, batch_size: int) -> int | None:
-        return step_threads(self.stacked.W, batch_size)
-
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list, list]:
-        return evaluate_stacked(self.stacked, x, y, self.classification)
-
-    def module(self, j: int) -> nn.Module:
-        return self.stacked.copy_to(j, self.stacked.templates[j])
-
-    def keep(self, positions: Sequence[int]) -> None:
-        self.stacked.select(positions)
-        self.opt.keep(positions, self._params)
-        self._new_grads()
-
-
 def stackable(members: Sequence[nn.Module], x: torch.Tensor) -> bool:
     """Whether `StackedMLPStep` can train these members on inputs like `x`: plain MLPs of one
-    shape, in `x`'s dtype, on a device the fused optimizer takes."""
+    shape, in `x`'s dtype, on a device the fused optimizer takes.
+
+    Args:
+        members: the modules.
+        x: inputs like the training set's.
+
+    Returns:
+        True when they stack.
+
+    Example:
+        >>> nets = [nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)) for _ in range(2)]
+        >>> x = torch.zeros(8, 3)
+        >>> stackable(nets, x), stackable(nets, x.double()), stackable([nets[0], nn.Flatten()], x)
+        (True, False, False)
+    """
     chains = [mlp_chain(m) for m in members]
     if any(c is None for c in chains):
         return False
@@ -282,10 +292,31 @@ def choose_step(members: Sequence[nn.Module], classification: bool, x: torch.Ten
     one by one: each then equals its solo run bit for bit), `MLPStep` where it applies.
 
     CNN members go one by one unless `group_cnns=True` asks for one `grouped.GroupedCNNStep`
-    (equal to the solo runs to float tolerance): their steps are arithmetic-bound, and 3 cnn-b
-    members grouped measured no faster than one by one on the CPU (docs/PERFORMANCE.md); on
-    the CPU they train channels-last. `fast=False` forces `AutogradStep`
-    with `torch.optim` and the module's own memory format (the reference path)."""
+    (equal to the solo runs to float tolerance; not the default: on the CPU a CNN step is
+    bound by arithmetic, which grouping does not reduce, see docs/PERFORMANCE.md); on the CPU
+    they train channels-last.
+
+    Args:
+        members: the modules to train.
+        classification: cross-entropy, else MSE.
+        x: inputs like the training set's.
+        optimizers: each member's optimizer settings.
+        fast: False forces `AutogradStep` with `torch.optim` and the module's own memory format
+            (the reference path).
+        compile: `AutogradStep` with `torch.compile`.
+        group_cnns: same-shape CNNs as one `grouped.GroupedCNNStep`.
+
+    Returns:
+        The steps, covering the members in their order.
+
+    Example:
+        >>> nets = [nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)) for _ in range(2)]
+        >>> sgd = [dict(kind="sgd", lr=0.1)] * 2
+        >>> [type(s).__name__ for s in choose_step(nets, True, torch.zeros(8, 3), sgd)]
+        ['StackedMLPStep']
+        >>> [type(s).__name__ for s in choose_step(nets, True, torch.zeros(8, 3), sgd, fast=False)]
+        ['AutogradStep', 'AutogradStep']
+    """
     if fast and not compile and len(members) > 1 and stackable(members, x):
         return [StackedMLPStep(members, classification, optimizers)]
     if fast and not compile and group_cnns and groupable(members, x):
