@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from dlscope import experiments
-from dlscope.errors import UserError
 from dlscope.contract import config
+from dlscope.errors import UserError
 
 FF = experiments.get("function-fit")
 
