@@ -32,7 +32,7 @@ from dlscope import experiments
 from dlscope.contract.config import ExperimentConfig
 from dlscope.contract.runspec import RunResult, RunSpec
 from dlscope.errors import UserError
-from dlscope.execution import runner
+from dlscope.driver import runner
 
 try:
     import ray
