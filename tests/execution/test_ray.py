@@ -274,8 +274,8 @@ def test_interrupted_driver_resumes_without_recomputing(cluster, tmp_path, monke
 
     saved, save = [], Store.save
 
-    def save_then_interrupt(self, spec, result):
-        save(self, spec, result)
+    def save_then_interrupt(self, spec, result, replace=False):
+        save(self, spec, result, replace=replace)
         saved.append(spec.key)
         if len(saved) == 2:
             raise KeyboardInterrupt
