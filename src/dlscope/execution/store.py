@@ -192,8 +192,8 @@ class Store:
             return
         now = time.time()
         for d in list(self.runs.glob(".tmp-*")) + list(self.runs.glob(".old-*")):
-            parts = d.name.split("-")
-            pid = int(parts[3]) if len(parts) == 5 and parts[3].isdigit() else None
+            parts = d.name.split("-")  # .tmp-<hash>-<pid>-<uuid> (as save names them)
+            pid = int(parts[2]) if len(parts) == 4 and parts[2].isdigit() else None
             try:
                 old = now - d.stat().st_mtime > max_age_s
             except OSError:
