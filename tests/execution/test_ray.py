@@ -31,8 +31,8 @@ import dlscope
 from dlscope import experiments
 from dlscope.contract.config import ExperimentConfig
 from dlscope.contract.runspec import RunResult, RunSpec
-from dlscope.errors import UserError
 from dlscope.driver import runner
+from dlscope.errors import UserError
 
 try:
     import ray
