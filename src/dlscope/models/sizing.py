@@ -122,6 +122,7 @@ def sized(spec: FactorySpec, target: int, *, size_arg: str = "size",
             cache[size] = count_module(model, f"factory {spec.name}")
         return cache[size]
 
+    count(1), count(max_size)
     lo, hi = 1, max_size  # invariant: the answer (first size with count >= target) is in [lo, hi]
     while lo < hi:
         mid = (lo + hi) // 2
@@ -129,11 +130,16 @@ def sized(spec: FactorySpec, target: int, *, size_arg: str = "size",
             hi = mid
         else:
             lo = mid + 1
-    near = [s for s in (lo - 1, lo, lo + 1) if 1 <= s <= max_size]
-    counts = [count(s) for s in near]
-    if counts != sorted(counts):
+    for s in (lo - 1, lo + 1):
+        if 1 <= s <= max_size:
+            count(s)
+    seen = sorted(cache.items())  # every size tried, with the two ends and lo's neighbours
+    drops = [(a, b) for a, b in zip(seen[:-1], seen[1:]) if b[1] < a[1]]
+    if drops:
+        (s0, n0), (s1, n1) = drops[0]
         raise UserError(f"model {spec.name}: the parameter count decreases with {size_arg} "
-                        f"near {lo} ({dict(zip(near, counts))}): cannot size it")
+                        f"({n0:,} at {s0}, {n1:,} at {s1}): cannot size it")
+    near = [s for s in (lo - 1, lo) if s >= 1]
     best = min(near, key=lambda s: (abs(count(s) - target), s))
     got = count(best)
     if abs(got - target) > tol * target:
