@@ -185,6 +185,8 @@ def test_sized_errors_and_sweep(nets):
     sweep = models.sizes_for(spec, [4, 8, 16])
     assert [s.kwargs["size"] for s in sweep] == [4, 8, 16]
     assert [models.count_params(s, (4,), 3) for s in sweep] == [35, 67, 131]
+    with pytest.raises(UserError, match=r"sizes must be whole numbers >= 1, got \[0, 2\.5\]"):
+        models.sizes_for(spec, [4, 0, 2.5])
 
 
 def test_factory_path_env_finds_a_module_elsewhere(nets, tmp_path, monkeypatch):

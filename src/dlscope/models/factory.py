@@ -36,7 +36,7 @@ FACTORY_PATH_ENV = "DLSCOPE_FACTORY_PATH"
 DATA_ARGS = ("input_shape", "n_classes")  # passed by build from the data, never in kwargs
 _TARGET = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _KWARG_SPLIT = re.compile(r",(?=[A-Za-z_]\w*=)")
-_LOADED_SHA: dict[str, str] = {}  # module name -> hash of the source it was loaded from
+_LOADED_ATTR = "__dlscope_source_sha256__"  # set on a factory module: the hash it was loaded at
 
 
 class FactorySpec(BaseModel):
@@ -125,11 +125,16 @@ def _source_sha(module, label: str) -> str:
 
 def _load(target: str, label: str):
     """(the callable, its module's source hash), reloading the module when its file changed
-    since this process loaded it. Call inside _search_path()."""
+    since this process loaded it. Call inside _search_path().
+
+    A module first met here already imported (say by a notebook) is taken to match its file."""
     module_name, _, attr = target.partition(":")
     module = _import(module_name, label)
     sha = _source_sha(module, label)
-    if _LOADED_SHA.setdefault(module_name, sha) != sha:  # edited since loaded: load it anew
+    loaded = getattr(module, _LOADED_ATTR, None)
+    if loaded is None:
+        setattr(module, _LOADED_ATTR, sha)
+    elif loaded != sha:  # edited since loaded: load it anew
         with contextlib.suppress(OSError):  # a .pyc of the same second and size would win
             os.unlink(importlib.util.cache_from_source(inspect.getsourcefile(module)))
         importlib.invalidate_caches()
@@ -138,7 +143,7 @@ def _load(target: str, label: str):
         except Exception as exc:  # noqa: BLE001
             raise UserError(f"model {label}: cannot import module {module_name!r} "
                             f"({type(exc).__name__}: {_line(exc)})") from None
-        _LOADED_SHA[module_name] = sha
+        setattr(module, _LOADED_ATTR, sha)
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):

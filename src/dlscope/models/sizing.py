@@ -152,4 +152,7 @@ def sized(spec: FactorySpec, target: int, *, size_arg: str = "size",
 def sizes_for(spec: FactorySpec, sizes: list[int], size_arg: str = "size") -> list[FactorySpec]:
     """One spec per size (a width sweep): the spec with kwargs[size_arg] = each size."""
     _need_arg(spec, size_arg)
+    bad = [s for s in sizes if isinstance(s, bool) or int(s) != s or s < 1]
+    if bad:
+        raise UserError(f"model {spec.name}: sizes must be whole numbers >= 1, got {bad}")
     return [_with(spec, size_arg, int(s)) for s in sizes]
