@@ -33,8 +33,9 @@ env_before = dict(os.environ)
 
 import dlscope, dlscope.cli, dlscope.plotting, dlscope.report, dlscope.data, dlscope.metrics
 import dlscope.bench, dlscope.models
-from dlscope.execution import (config, executor, process_env, ray_executor, result, runner,
-                               runspec, store, suite)
+from dlscope.execution import executor, process_env, ray_executor, store
+from dlscope.contract import config, limits, runspec
+from dlscope.driver import configdoc, result, runner, suite
 from dlscope import experiments
 for name in experiments.available():
     experiments.get(name)
