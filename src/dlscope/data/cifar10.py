@@ -183,6 +183,27 @@ def _decode_meta(obj, where: str) -> tuple[str, ...] | None:
     return tuple(n.decode("latin1") if isinstance(n, bytes) else n for n in names)
 
 
+def verified_files(p: Path, table: dict[str, str]) -> tuple[dict[str, bytes], dict[str, str]]:
+    """The bytes of the batch files (and batches.meta) of an archive or folder, every one
+    checked against ``table`` (the archive's md5 first, when it has one); nothing unpickled.
+
+    Returns:
+        ``(files, md5s)``: file name -> bytes, file name -> its md5.
+    """
+    wanted = {*BATCH_FILES, META_FILE}
+    what = "archive" if p.is_file() else "folder"
+    files = _read_archive(p, table, wanted) if p.is_file() else _read_folder(p, wanted)
+    missing = [n for n in BATCH_FILES if n not in files]
+    if missing:
+        raise UserError(f"CIFAR-10 {what} {p}: missing {', '.join(missing)}")
+    got = {name: _md5(data) for name, data in files.items()}
+    for name in (*BATCH_FILES, META_FILE):
+        if name in files and name in table and got[name] != table[name]:
+            raise UserError(f"CIFAR-10 {what} {p}: {name} has md5 {got[name]}, expected "
+                            f"{table[name]}; refusing to unpickle")
+    return files, got
+
+
 def load_cifar_arrays(path: str | os.PathLike, md5: dict | None = None) -> ImageArrays:
     """CIFAR-10 (or CIFAR-format) arrays, checksummed, safely unpickled and checked; loaded
     once per process, path (with its size and mtime) and md5 table; read-only.
@@ -208,18 +229,8 @@ def load_cifar_arrays(path: str | os.PathLike, md5: dict | None = None) -> Image
     key = (str(p), st.st_size, st.st_mtime_ns, tuple(sorted(table.items())))
     if key in _LOADED:
         return _LOADED[key]
-    wanted = {*BATCH_FILES, META_FILE}
-    archive = p.is_file()
-    what = "archive" if archive else "folder"
-    files = _read_archive(p, table, wanted) if archive else _read_folder(p, wanted)
-    missing = [n for n in BATCH_FILES if n not in files]
-    if missing:
-        raise UserError(f"CIFAR-10 {what} {p}: missing {', '.join(missing)}")
-    got = {name: _md5(data) for name, data in files.items()}
-    for name in (*BATCH_FILES, META_FILE):  # every checksum before any unpickling
-        if name in files and name in table and got[name] != table[name]:
-            raise UserError(f"CIFAR-10 {what} {p}: {name} has md5 {got[name]}, expected "
-                            f"{table[name]}; refusing to unpickle")
+    what = "archive" if p.is_file() else "folder"
+    files, got = verified_files(p, table)
     classes = None
     if META_FILE in files and META_FILE in table:
         where = f"CIFAR-10 {what} {p}: {META_FILE}"
