@@ -458,7 +458,7 @@ def test_kinds_build_what_their_loaders_build():
 
 def test_unknown_kind_is_one_clear_error():
     with pytest.raises(UserError, match=r"unknown dataset kind 'mnist1d' \(one of: mnist, "
-                                        r"function\)"):
+                                        r"cifar10, npz, function\)"):
         build_dataset({"kind": "mnist1d"})
     with pytest.raises(UserError, match="unknown dataset kind None"):
         build_dataset({"spec": "sinc"})

@@ -10,30 +10,12 @@ run could never have finished; an accepted one may still be slow.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 from dlscope import models
 from dlscope.data import nbytes as data_nbytes
+from dlscope.data.memory import gib, memory_bytes
 from dlscope.errors import UserError
-
-
-def memory_bytes() -> int:
-    """Physical memory of this machine (env DLSCOPE_MEMORY_LIMIT, in bytes, overrides)."""
-    env = os.environ.get("DLSCOPE_MEMORY_LIMIT")
-    if env:
-        try:
-            return int(float(env))
-        except ValueError:
-            raise UserError(f"DLSCOPE_MEMORY_LIMIT={env!r} is not a number of bytes") from None
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
-        return 16 * 2**30
-
-
-def gib(n: float) -> str:
-    return f"{n / 2**30:.3g} GiB"
 
 
 def _params(model) -> int | None:

@@ -36,6 +36,12 @@ from dlscope.data.cache import (
 from dlscope.data.dataset import Dataset
 from dlscope.data.fingerprint import arrays_sha256, describe, is_mnist
 from dlscope.data.idx import find_idx_folder, read_idx
+from dlscope.data.images import (  # noisy_labels: re-exported, it was defined here
+    DataInfo,
+    ImageOptions,
+    image_dataset,
+    noisy_labels,  # noqa: F401
+)
 from dlscope.data.safe_pickle import safe_load
 from dlscope.errors import UserError
 
@@ -206,20 +212,6 @@ class MnistOptions(BaseModel):
     seed: int = Field(0, ge=0)  # for train_subset and label_noise
 
 
-def noisy_labels(y: np.ndarray, fraction: float, seed: int, n_classes: int = 10) -> np.ndarray:
-    """Zhang et al. 2017: a seeded ``fraction`` of examples get uniformly random labels.
-
-    A replaced label may equal the old one by chance, so about ``fraction * (1 - 1/n_classes)``
-    of the labels actually change. ``fraction=1`` gives all-uniform labels.
-    """
-    rng = np.random.default_rng([seed, 1])
-    y = np.array(y, dtype=np.int64, copy=True)
-    n_noisy = round(fraction * len(y))
-    idx = rng.permutation(len(y))[:n_noisy]
-    y[idx] = rng.integers(0, n_classes, size=n_noisy)
-    return y
-
-
 _ARRAYS: dict[tuple, MnistArrays] = {}
 
 
@@ -241,39 +233,20 @@ def cached_arrays(mnist_dir=None, cache_dir=None, log: Log = print) -> MnistArra
     return _ARRAYS[key]
 
 
-def _images(x: np.ndarray, opts: MnistOptions) -> torch.Tensor:
-    t = torch.from_numpy(x.astype(np.float32)).div_(255.0).unsqueeze(1)
-    if opts.resize != 28:
-        t = torch.nn.functional.interpolate(
-            t, size=(opts.resize, opts.resize), mode="bilinear", align_corners=False
-        )
-    if opts.normalize:
-        t = t.sub_(MNIST_MEAN).div_(MNIST_STD)
-    return t.flatten(1) if opts.flatten else t
-
-
 def mnist_dataset(
     options: MnistOptions | dict | None = None, device: str | torch.device = "cpu", **load_kwargs
 ) -> Dataset:
     """MNIST as tensors: x float32 ``[N,1,H,W]`` (or ``[N,H*W]``), y int64, 10 classes."""
     opts = MnistOptions(**options) if isinstance(options, dict) else options or MnistOptions()
     arrays = cached_arrays(**load_kwargs)
-    x_train, y_train = arrays.x_train, arrays.y_train.astype(np.int64)
-    if opts.train_subset is not None:
-        if opts.train_subset > len(y_train):
-            raise UserError(f"train_subset={opts.train_subset} > {len(y_train)} training images")
-        idx = np.random.default_rng([opts.seed, 0]).permutation(len(y_train))[: opts.train_subset]
-        x_train, y_train = x_train[idx], y_train[idx]
-    if opts.label_noise > 0:
-        y_train = noisy_labels(y_train, opts.label_noise, opts.seed)
-    ds = Dataset(
-        x_train=_images(x_train, opts),
-        y_train=torch.from_numpy(y_train),
-        x_test=_images(arrays.x_test, opts),
-        y_test=torch.from_numpy(arrays.y_test.astype(np.int64)),
+    ds = image_dataset(
+        arrays,
+        ImageOptions(**opts.model_dump(exclude={"resize"})),
         name="mnist",
         n_classes=10,
         source=arrays.source,
+        stats=((MNIST_MEAN,), (MNIST_STD,)),
+        resize=opts.resize,
     )
     return ds if str(device) == "cpu" else ds.to(device)
 
@@ -294,6 +267,25 @@ def mnist_hash_identity(**_options) -> dict:
     if ident["data"] == "mnist":
         return {"data": "mnist", "sha256": ident["sha256"]}
     return {"data": "other", "sha256": ident["sha256"], "source": ident["source"]}
+
+
+def mnist_info(**options) -> DataInfo:
+    """Shape, classes and origin of the MNIST-kind data a description asks for (the arrays
+    are loaded and fingerprinted once per process; no tensors are built).
+
+    Args:
+        options: MnistOptions fields (only ``resize`` changes the answer).
+
+    Returns:
+        DataInfo with input_shape ``(1, 28, 28)`` or ``(1, 32, 32)``, 10 classes, name
+        "mnist" for verified MNIST content and "other" otherwise.
+    """
+    opts = MnistOptions(**options)
+    arrays = cached_arrays(log=_stderr)
+    official = is_mnist(arrays.sha256)
+    return DataInfo(input_shape=(1, opts.resize, opts.resize), n_classes=10,
+                    name="mnist" if official else "other", official=official,
+                    source=arrays.source)
 
 
 def _stderr(msg: str) -> None:

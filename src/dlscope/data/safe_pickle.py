@@ -5,6 +5,11 @@ unpickler here resolves only the few globals that numpy's array pickles use; eve
 global is refused with a UserError before anything is imported or called. (So Python-3
 pickles of protocol <= 2, which rebuild bytes via ``_codecs.encode``, are refused too; the
 Python-2 ``mnist.pkl.gz`` and protocol 3-5 pickles load.)
+
+Dicts, lists, tuples, str, bytes and numbers need no global and always load. A caller may
+narrow the allow-list further (``allowed=``, a subset of :data:`NUMPY_GLOBALS`): the CIFAR-10
+batches use :data:`ARRAY_GLOBALS`, the three globals a pickled ndarray needs. Nothing can
+widen it.
 """
 
 from __future__ import annotations
@@ -35,15 +40,33 @@ _ALLOWED: dict[tuple[str, str], Any] = {
 }
 
 
-class NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler whose ``find_class`` admits only numpy array/dtype reconstruction."""
+NUMPY_GLOBALS: frozenset[tuple[str, str]] = frozenset(_ALLOWED)
+# what a pickled ndarray (any protocol <= 4, numpy 1 or 2) names: the CIFAR-10 batches
+ARRAY_GLOBALS: frozenset[tuple[str, str]] = frozenset({
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+})
 
-    def __init__(self, file: IO[bytes], *, source: str = "pickle", **kwargs: Any):
+
+class NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickler whose ``find_class`` admits only numpy array/dtype reconstruction
+    (``allowed``: a narrower subset of :data:`NUMPY_GLOBALS`)."""
+
+    def __init__(self, file: IO[bytes], *, source: str = "pickle",
+                 allowed: frozenset[tuple[str, str]] = NUMPY_GLOBALS, **kwargs: Any):
         super().__init__(file, **kwargs)
         self._source = source
+        wider = set(allowed) - NUMPY_GLOBALS
+        if wider:
+            raise ValueError(f"not in the numpy allow-list: {sorted(wider)}")
+        self._allowed = frozenset(allowed)
 
     def find_class(self, module: str, name: str) -> Any:
         try:
+            if (module, name) not in self._allowed:
+                raise KeyError(name)
             return _ALLOWED[(module, name)]
         except KeyError:
             raise UserError(
@@ -55,16 +78,28 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
         raise UserError(f"{self._source}: refused persistent id in pickle")
 
 
-def safe_load(fileobj: IO[bytes] | bytes, *, source: str = "pickle") -> Any:
+def safe_load(fileobj: IO[bytes] | bytes, *, source: str = "pickle",
+              allowed: frozenset[tuple[str, str]] = NUMPY_GLOBALS) -> Any:
     """Unpickle numpy arrays (and tuples/lists/dicts/numbers of them) from a file or bytes.
 
-    Uses ``encoding="latin1"`` so that Python-2 pickles of arrays load. Any other global, or a
-    corrupt stream, raises UserError naming ``source``.
+    Uses ``encoding="latin1"`` so that Python-2 pickles of arrays load (a Python-2 ``str``
+    comes back as ``str``). Any other global, or a corrupt stream, raises UserError naming
+    ``source``.
+
+    Args:
+        fileobj: the pickle, a binary file or bytes.
+        source: named in every error.
+        allowed: the globals admitted, a subset of :data:`NUMPY_GLOBALS` (e.g.
+            :data:`ARRAY_GLOBALS`).
+
+    Returns:
+        The unpickled object.
     """
     if isinstance(fileobj, (bytes, bytearray, memoryview)):
         fileobj = io.BytesIO(fileobj)
     try:
-        return NumpyOnlyUnpickler(fileobj, source=source, encoding="latin1").load()
+        return NumpyOnlyUnpickler(fileobj, source=source, allowed=allowed,
+                                  encoding="latin1").load()
     except UserError:
         raise
     except (
