@@ -27,7 +27,7 @@ from typing import Annotated
 
 import numpy as np
 import pandas as pd
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from dlscope import models
 from dlscope.contract.config import ExperimentConfig
@@ -41,6 +41,17 @@ from dlscope.experiments.common import (
     seeds_of,
     setting_statistics,
     train_and_evaluate,
+)
+from dlscope.experiments.inputs import (
+    DATA_HELP,
+    Data,
+    Model,
+    build_model,
+    check_data,
+    check_model,
+    is_factory,
+    setup,
+    tag,
 )
 from dlscope.train.engine import TrainConfig
 
@@ -57,13 +68,30 @@ class Config(ExperimentConfig):
         [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024], min_length=2,
         description="hidden width of each model (one model per width)")
     depth: int = Field(1, ge=1, le=8, description="hidden layers, all of the same width")
-    train_subset: int = Field(5000, ge=0, le=60000,
+    train_subset: int = Field(5000, ge=0,
                               description="training images (seeded subset); 0: all 60,000")
     epochs: int = Field(30, ge=1, description="training epochs for every model")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate")
     batch_size: int = Field(64, ge=1, description="minibatch size")
     seeds: int = Field(3, ge=1, description="seeds per width (init and batch order)")
     seed: int = Field(0, ge=0, description="seed of the subset; first init/order seed")
+    model: Model | None = Field(None, description="a factory py:module:function with a `size` "
+                                "argument, called with each width (default: MLPs of `depth` "
+                                "hidden layers of that width)")
+    data: Data = Field("mnist", description=DATA_HELP)
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: Model | None) -> Model | None:
+        if v is not None and not is_factory(check_model(v)):
+            raise ValueError(f"model {v!r}: param-count takes a factory with a size argument "
+                             "(py:module:function); built-in MLPs are set by widths and depth")
+        return v
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, v: Data) -> Data:
+        return check_data(v)
 
 
 PROFILES = {"quick": {"widths": [2, 32, 256], "train_subset": 1000, "epochs": 3, "seeds": 2}}
@@ -72,21 +100,29 @@ SOURCES = {"rise": "Zhang et al. 2017 (arXiv:1611.03530); HW1 1-3 (SCIENCE.md §
            "fitted": "Neyshabur et al. 2015 (arXiv:1412.6614); Zhang et al. 2017"}
 
 
-def specs(cfg: Config) -> list[models.MLPSpec]:
-    """The MLP spec of each width, narrowest first."""
-    return [models.MLPSpec(input_dim=784, hidden=(w,) * cfg.depth, output_dim=10)
-            for w in sorted(set(cfg.widths))]
+def specs(cfg: Config, su=None) -> list:
+    """The model spec of each width, narrowest first (MLPs on flattened MNIST by default)."""
+    widths = sorted(set(cfg.widths))
+    if su is not None and isinstance(su.spec, models.FactorySpec):
+        return models.sizes_for(su.spec, widths)
+    mlps = [models.MLPSpec(input_dim=784, hidden=(w,) * cfg.depth, output_dim=10)
+            for w in widths]
+    return mlps if su is None else [models.adapt(m, su.info.input_shape, su.info.n_classes)
+                                    for m in mlps]
 
 
 def runs(cfg: Config) -> list[RunSpec]:
     train_cfg = TrainConfig(lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size,
                             eval_test=False)
-    data = {"train_subset": cfg.train_subset or None, "seed": cfg.seed, "flatten": True}
+    su = setup(cfg.model or "mlp:784-10", cfg.data,
+               {"train_subset": cfg.train_subset or None, "seed": cfg.seed}, NAME)
+    shape = {"input_shape": list(su.info.input_shape), "n_classes": su.info.n_classes}
     return [RunSpec(NAME, f"{spec.name}/seed={s}", __name__,
-                    {"model": spec.model_dump(mode="json"), "data": data,
+                    {"model": spec.model_dump(mode="json"), "data": su.data,
+                     "data_name": tag(su.info), **shape,
                      "train": train_cfg.model_dump(), "seed": s}, group=spec.name,
-                    data={"kind": "mnist", **data})
-            for spec in specs(cfg) for s in seeds_of(cfg)]
+                    data=su.data)
+            for spec in specs(cfg, su) for s in seeds_of(cfg)]
 
 
 def run_one(p: dict, ctx) -> RunResult:
@@ -97,12 +133,10 @@ def run_one(p: dict, ctx) -> RunResult:
 def run_many(ps: list[dict], ctx) -> list[RunResult]:
     """Same-width seeds trained together as one stacked ensemble (each member equals its solo
     run to float tolerance); one by one where the model is no plain MLP."""
-    from dlscope.train.engine import seeded_model
     from dlscope.train.ensemble import train_ensemble
 
-    ds = ctx.dataset({"kind": "mnist", **ps[0]["data"]})
-    nets = [seeded_model(lambda p=p: models.build(models.parse_model(p["model"])), p["seed"])
-            .to(ctx.device) for p in ps]
+    ds = ctx.dataset(ps[0]["data"])
+    nets = [build_model(p, ds, p["seed"], ctx.device) for p in ps]
     if not ensemble_ok(nets) or any(p["data"] != ps[0]["data"] for p in ps):
         return [run_one(p, ctx) for p in ps]
     results = train_ensemble(nets, ds, [TrainConfig(**p["train"]) for p in ps],
@@ -122,12 +156,15 @@ def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
     """Tables from the run results: results (a row per run)."""
     rows = []
     for spec, r in results:
-        d = models.describe(spec.params["model"])
+        p = spec.params
+        d = models.describe(models.parse_model(p["model"]), tuple(p.get("input_shape", ())) or None,
+                            p.get("n_classes"))
         v = r.values
         if v["module_params"] != d["params"]:
             raise RuntimeError(f"{d['model']}: module has {v['module_params']} parameters, "
                                f"count_params says {d['params']}")
-        rows.append({"model": d["model"], "widths": d["widths"], "params": d["params"],
+        rows.append({"model": d["model"], "data": p.get("data_name", "MNIST"),
+                     "widths": d["widths"], "params": d["params"],
                      "seed": spec.params["seed"],
                      **{k: v[k] for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
                      "gap_acc": v["train_acc"] - v["test_acc"],

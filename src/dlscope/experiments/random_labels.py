@@ -41,17 +41,27 @@ from dlscope.experiments.common import (
     FAILED,
     ensemble_ok,
     loss_accuracy_figure,
-    mnist_data_options,
-    mnist_spec,
     seeds_of,
     setting_statistics,
 )
-from dlscope.train.engine import TrainConfig, evaluate, seeded_model, train
+from dlscope.experiments.inputs import (
+    DATA_HELP,
+    MODEL_HELP,
+    Data,
+    Model,
+    build_model,
+    check_data,
+    check_model,
+    setup,
+    tag,
+)
+from dlscope.train.engine import TrainConfig, evaluate, train
 
 NAME = "random-labels"
 SECTION = "1-3"
 TITLE = "Generalization: fitting random labels"
-QUESTION = ("Can a network memorize MNIST training images whose labels are uniformly random, "
+QUESTION = ("Can a network memorize training images (MNIST by default) whose labels are "
+            "uniformly random, "
             "and what happens to its test accuracy?")
 
 THRESHOLDS = (0.5, 0.9, 0.95)
@@ -59,10 +69,11 @@ THRESHOLDS = (0.5, 0.9, 0.95)
 
 class Config(ExperimentConfig):
     """Settings of the random-labels experiment; defaults: the assignment profile."""
-    model: str = Field("mlp:784-512x3-10", description="MNIST model (mlp:784-...-10 or cnn:)")
+    model: Model = Field("mlp:784-512x3-10", description=MODEL_HELP)
+    data: Data = Field("mnist", description=DATA_HELP)
     label_noise: float = Field(1.0, ge=0.0, le=1.0,
                                description="fraction of training labels made uniformly random")
-    train_subset: int = Field(10000, ge=0, le=60000,
+    train_subset: int = Field(10000, ge=0,
                               description="training images (seeded subset); 0: all 60,000")
     epochs: int = Field(30, ge=1, description="training epochs")
     lr: float = Field(5e-4, gt=0, description="Adam learning rate")
@@ -74,9 +85,13 @@ class Config(ExperimentConfig):
 
     @field_validator("model")
     @classmethod
-    def _model(cls, v: str) -> str:
-        mnist_spec(v)
-        return v
+    def _model(cls, v: Model) -> Model:
+        return check_model(v)
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, v: Data) -> Data:
+        return check_data(v)
 
 
 PROFILES = {"quick": {"model": "mlp:784-256-10", "train_subset": 1000, "epochs": 4,
@@ -88,19 +103,14 @@ SOURCE = "Zhang et al. 2017 (arXiv:1611.03530)"
 PUBLISHED = "CIFAR-10 MLP 1x512: 99.34% train / 10.61% test accuracy on random labels"
 
 
-def data_options(cfg: Config) -> dict:
-    """The `MnistOptions` fields of the runs' data (with the label noise)."""
-    return mnist_data_options(cfg.model, cfg.train_subset, cfg.seed, label_noise=cfg.label_noise)
-
-
 def runs(cfg: Config) -> list[RunSpec]:
     train_cfg = TrainConfig(lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size)
-    spec = mnist_spec(cfg.model)
+    su = setup(cfg.model, cfg.data, {"train_subset": cfg.train_subset or None, "seed": cfg.seed,
+                                     "label_noise": cfg.label_noise}, NAME)
     return [RunSpec(NAME, f"p={cfg.label_noise:g}/seed={s}", __name__,
-                    {"model": spec.model_dump(mode="json"), "data": data_options(cfg),
+                    {"model": su.model, "data": su.data, "data_name": tag(su.info),
                      "train": train_cfg.model_dump(), "decay_epoch": cfg.decay_epoch,
-                     "decay": cfg.decay, "seed": s}, group=spec.name,
-                    data={"kind": "mnist", **data_options(cfg)})
+                     "decay": cfg.decay, "seed": s}, group=su.spec.name, data=su.data)
             for s in seeds_of(cfg)]
 
 
@@ -126,11 +136,10 @@ def run_many(ps: list[dict], ctx) -> list[RunResult]:
 def _train_all(ps: list[dict], ctx) -> list[RunResult]:
     from dlscope.train.ensemble import train_ensemble
 
-    ds = ctx.dataset({"kind": "mnist", **ps[0]["data"]})
-    clean = ctx.dataset({"kind": "mnist", **ps[0]["data"], "label_noise": 0.0})
+    ds = ctx.dataset(ps[0]["data"])
+    clean = ctx.dataset({**ps[0]["data"], "label_noise": 0.0})
     changed = float((ds.y_train != clean.y_train).double().mean())
-    nets = [seeded_model(lambda p=p: models.build(models.parse_model(p["model"])), p["seed"])
-            .to(ctx.device) for p in ps]
+    nets = [build_model(p, ds, p["seed"], ctx.device) for p in ps]
     together = len(ps) > 1 and ensemble_ok(nets) and all(p["data"] == ps[0]["data"] for p in ps)
     keys = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "running_loss",
             "running_acc", "lr")
@@ -186,7 +195,8 @@ def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
                                                              "running_loss", "running_acc",
                                                              "lr")}}))
         c = curves[-1]
-        row = {"model": models.parse_model(spec.params["model"]).name, "seed": seed,
+        row = {"model": models.parse_model(spec.params["model"]).name,
+               "data": spec.params.get("data_name", "MNIST"), "seed": seed,
                "params": r.values["params"], "n_train": r.values["n_train"],
                "label_noise": cfg.label_noise, "labels_changed": r.values["labels_changed"],
                "epochs": int(c.epoch.max()), "status": r.values["status"],
@@ -246,8 +256,9 @@ def verdicts(cfg: Config, tables) -> list[stats.Verdict]:
     ok = res[~res.status.isin(FAILED)]
     claim = ("A network memorizes uniformly random training labels (train accuracy towards "
              "100%) while its test accuracy stays at chance (10%)")
+    published = stats.published_for(PUBLISHED, "CIFAR-10", stats.data_of(res))
     if cfg.epochs < MIN_EPOCHS:
-        return [stats.pipeline_check(claim, SOURCE, PUBLISHED,
+        return [stats.pipeline_check(claim, SOURCE, published,
                                      f"{cfg.epochs} epochs (< {MIN_EPOCHS}): memorization "
                                      "takes 20-30 epochs here, the nets are under-trained")]
     tr, te = stats.interval(ok.final_train_acc), stats.interval(ok.final_test_acc)
@@ -261,7 +272,7 @@ def verdicts(cfg: Config, tables) -> list[stats.Verdict]:
     else:
         outcome = "inconclusive"
     return [stats.Verdict(
-        claim, SOURCE, PUBLISHED,
+        claim, SOURCE, published,
         f"final train accuracy {tr.text('.1f', 100, '%')}; test accuracy "
         f"{te.text('.1f', 100, '%')}",
         f"reproduced if the median train accuracy is >= {100 * MEMORIZED:.0f}% with the "

@@ -521,3 +521,40 @@ def pipeline_check(claim: str, source: str, published: str, why: str) -> Verdict
     """
     return Verdict(claim, source, published, why, "no verdict from under-trained models",
                    "pipeline check")
+
+
+def published_for(published: str, measured_on: str, data: str) -> str:
+    """The paper's number, saying so when it was measured on other data than this run's
+    (the verdict then judges the paper's qualitative claim only; docs/METHODS.md).
+
+    Args:
+        published: The paper's number.
+        measured_on: The data the paper measured it on ("MNIST", "CIFAR-10").
+        data: This run's data, as `experiments.inputs.tag` names it.
+
+    Returns:
+        `published`, or `published` followed by what it was measured on.
+
+    Example:
+        >>> published_for("98.6-99.2%", "MNIST", "MNIST")
+        '98.6-99.2%'
+        >>> published_for("99.34%", "CIFAR-10", "MNIST")
+        '99.34% (measured on CIFAR-10; this run: MNIST, so the qualitative claim is judged)'
+    """
+    if data == measured_on:
+        return published
+    return (f"{published} (measured on {measured_on}; this run: {data}, so the qualitative "
+            "claim is judged)")
+
+
+def data_of(table) -> str:
+    """The data a results table's runs trained on (its `data` column; MNIST before it had one).
+
+    Example:
+        >>> import pandas as pd
+        >>> data_of(pd.DataFrame({"x": [1]})), data_of(pd.DataFrame({"data": ["CIFAR-10"]}))
+        ('MNIST', 'CIFAR-10')
+    """
+    if "data" in table and len(table):
+        return str(table["data"].iloc[0])
+    return "MNIST"
