@@ -35,6 +35,7 @@ from dlscope.data import (
 )
 from dlscope.data import cifar10 as cifar_mod
 from dlscope.data.mnist import noisy_labels
+from dlscope.data.safe_pickle import safe_load
 from dlscope.errors import UserError
 
 N = 40  # images per batch in the fixture
@@ -283,3 +284,17 @@ def test_parse_data_cifar(archive, tmp_path, monkeypatch):
         parse_data("cifar10")
     with pytest.raises(UserError, match="md5 of 'x' is 3"):
         parse_data({"kind": "cifar10", "path": str(path), "md5": {"x": 3}})
+
+
+def test_batches_admit_arrays_only(tmp_path):
+    # numpy scalars pass the MNIST unpickler but not the narrower CIFAR allow-list
+    d, y = make_batches(4, 0)["data_batch_1"]
+    raw = pickle.dumps({b"data": d, b"labels": [np.int64(v) for v in y]}, protocol=4)
+    path, table = _bad(tmp_path, data_batch_1=raw)
+    with pytest.raises(UserError, match=r"data_batch_1: refused to unpickle "
+                                        r"numpy\._?core\.multiarray\.scalar"):
+        load_cifar_arrays(path, table)
+    assert safe_load(raw)[b"labels"] == list(y)  # the general numpy unpickler admits them
+    with pytest.raises(ValueError, match="^not in the numpy allow-list") as e:
+        safe_load(raw, allowed=frozenset({("os", "system")}))  # a programming error
+    assert not isinstance(e.value, UserError)

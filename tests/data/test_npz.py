@@ -22,6 +22,7 @@ from dlscope.data import (
     parse_data,
     register_kind,
 )
+from dlscope.data import kinds as kinds_mod
 from dlscope.data.images import noisy_labels
 from dlscope.errors import UserError
 
@@ -195,7 +196,9 @@ def test_parse_data_and_labels(tmp_path, monkeypatch):
     assert data_label({"kind": "function", "spec": "sinc"}) == "function"
 
 
-def test_plugin_kind_without_info_gives_none():
+def test_plugin_kind_without_info_gives_none(monkeypatch):
+    for table in ("KINDS", "INFOS"):
+        monkeypatch.setattr(kinds_mod, table, dict(getattr(kinds_mod, table)))
     register_kind("test-plugin-kind", lambda device="cpu", **o: None)
     assert info({"kind": "test-plugin-kind"}) is None
     with pytest.raises(UserError, match="unknown dataset kind 'no-such-kind'"):

@@ -97,9 +97,9 @@ def safe_load(fileobj: IO[bytes] | bytes, *, source: str = "pickle",
     """
     if isinstance(fileobj, (bytes, bytearray, memoryview)):
         fileobj = io.BytesIO(fileobj)
+    unpickler = NumpyOnlyUnpickler(fileobj, source=source, allowed=allowed, encoding="latin1")
     try:
-        return NumpyOnlyUnpickler(fileobj, source=source, allowed=allowed,
-                                  encoding="latin1").load()
+        return unpickler.load()
     except UserError:
         raise
     except (
