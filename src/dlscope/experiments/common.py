@@ -13,7 +13,8 @@ import pandas as pd
 from dlscope import models, plotting
 from dlscope.errors import UserError
 from dlscope.experiments import stats
-from dlscope.train.engine import TrainConfig, evaluate, seeded_model, train
+from dlscope.experiments.inputs import build_model
+from dlscope.train.engine import TrainConfig, evaluate, train
 
 FAILED = ("collapsed", "diverged", "missed")   # statuses kept in tables, left out of statistics
 
@@ -78,10 +79,10 @@ def train_and_evaluate(p: dict, ctx, init_seed: int | None = None):
     metrics) where metrics are the full-set train/test loss and accuracy in eval mode.
 
     Args:
-        p: A run's params: "model", "data" (`MnistOptions` fields), "train" (`TrainConfig`
-            fields) and "seed".
-        ctx: The run context; `ctx.dataset({"kind": "mnist", ...})` gives the data and
-            `ctx.device` the device.
+        p: A run's params: "model" (a spec's JSON), "data" (a dataset description), "train"
+            (`TrainConfig` fields) and "seed".
+        ctx: The run context; `ctx.dataset(p["data"])` gives the data and `ctx.device` the
+            device.
         init_seed: Seed of the initial weights; None: `p["seed"]`.
 
     Returns:
@@ -100,10 +101,9 @@ def train_and_evaluate(p: dict, ctx, init_seed: int | None = None):
         >>> res.epochs_run, sorted(m)
         (2, ['test_acc', 'test_loss', 'train_acc', 'train_loss'])
     """
-    ds = ctx.dataset({"kind": "mnist", **p["data"]})
-    spec = models.parse_model(p["model"])
+    ds = ctx.dataset(p["data"])
     seed = p["seed"] if init_seed is None else init_seed
-    model = seeded_model(lambda: models.build(spec), seed).to(ctx.device)
+    model = build_model(p, ds, seed, ctx.device)
     res = train(model, ds, TrainConfig(**p["train"]), seed=p["seed"])
     return model, ds, res, full_metrics(model, ds)
 

@@ -349,7 +349,8 @@ def rebuild(params: dict, arrays: dict) -> torch.nn.Module:
     """The trained model of a run, from its spec params and saved arrays.
 
     Args:
-        params: The run's params, with "model".
+        params: The run's params, with "model" (and, for a factory, the data's "input_shape"
+            and "n_classes").
         arrays: The run's saved arrays; "param.<name>" ones are the state dict.
 
     Returns:
@@ -362,7 +363,9 @@ def rebuild(params: dict, arrays: dict) -> torch.nn.Module:
         >>> torch.equal(rebuild({"model": "mlp:2-3-2"}, arrays)(x), net(x))
         True
     """
-    model = models.build(models.parse_model(params["model"]))
+    shape = params.get("input_shape")  # a factory is told the data's shape and classes
+    model = models.build(models.parse_model(params["model"]), tuple(shape) if shape else None,
+                         params.get("n_classes"))
     state = {k[len("param."):]: torch.from_numpy(np.array(v)) for k, v in arrays.items()
              if k.startswith("param.")}
     model.load_state_dict(state)

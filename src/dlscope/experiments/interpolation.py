@@ -33,9 +33,19 @@ from pydantic import Field, field_validator, model_validator
 
 from dlscope import models, plotting
 from dlscope.contract.runspec import RunResult, RunSpec
-from dlscope.data import MnistOptions, mnist_dataset
+from dlscope.data import build_dataset
 from dlscope.experiments import stats
-from dlscope.experiments.common import mnist_spec
+from dlscope.experiments.inputs import (
+    DATA_HELP,
+    MODEL_HELP,
+    Data,
+    Model,
+    build_model,
+    check_data,
+    check_model,
+    setup,
+    tag,
+)
 from dlscope.experiments.flatness_common import (
     MatchedConfig,
     flat_params,
@@ -48,7 +58,7 @@ from dlscope.experiments.flatness_common import (
 )
 from dlscope.metrics.directions import curve_rise, filter_normalized_direction, loss_curve_1d
 from dlscope.metrics.interpolation import alpha_grid, evaluate_classifier, interpolate
-from dlscope.train.engine import TrainConfig, evaluate, seeded_model
+from dlscope.train.engine import TrainConfig, evaluate
 
 NAME = "interpolation"
 SECTION = "1-3"
@@ -59,7 +69,8 @@ QUESTION = ("Along the line between two models trained to the same criterion wit
 
 class Config(MatchedConfig):
     """Settings of the interpolation experiment; defaults: the assignment profile."""
-    model: str = Field("mlp:784-128-64-10", description="MNIST model of every training")
+    model: Model = Field("mlp:784-128-64-10", description=MODEL_HELP)
+    data: Data = Field("mnist", description=DATA_HELP)
     batch_pair: list[int] = Field([64, 1024], min_length=2, max_length=2,
                                   description="batch sizes of the batch pair (lr = lr)")
     lr_pair: list[float] = Field([1e-3, 1e-2], min_length=2, max_length=2,
@@ -76,9 +87,13 @@ class Config(MatchedConfig):
 
     @field_validator("model")
     @classmethod
-    def _model(cls, v: str) -> str:
-        mnist_spec(v)
-        return v
+    def _model(cls, v: Model) -> Model:
+        return check_model(v)
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, v: Data) -> Data:
+        return check_data(v)
 
     @field_validator("lr_pair", "batch_pair")
     @classmethod
@@ -102,10 +117,10 @@ PROFILES = {"quick": {"seeds": 2, "train_subset": 1024, "max_steps": 48, "n_alph
                       "curve_points": 11}}
 
 
-def data_options(cfg: Config) -> dict:
-    """The `MnistOptions` fields of the runs' data."""
-    flatten = isinstance(mnist_spec(cfg.model), models.MLPSpec)
-    return {"train_subset": cfg.train_subset or None, "seed": cfg.seed, "flatten": flatten}
+def inputs(cfg: Config):
+    """The runs' model and data (`experiments.inputs.setup`)."""
+    return setup(cfg.model, cfg.data, {"train_subset": cfg.train_subset or None,
+                                       "seed": cfg.seed}, NAME, deterministic=True)
 
 
 def pairs(cfg: Config) -> list[dict]:
@@ -128,24 +143,25 @@ def _key(t: tuple, seed: int) -> str:
 
 
 def runs(cfg: Config) -> list[RunSpec]:
-    spec = mnist_spec(cfg.model).model_dump(mode="json")
+    su = inputs(cfg)
     out: dict[str, RunSpec] = {}
     for pr in pairs(cfg):
         for bs, lr, init in (pr["a"], pr["b"]):
             key = _key((bs, lr, init), pr["seed"])
             tc = TrainConfig(lr=lr, batch_size=bs, epochs=1, eval_test=False)
             out.setdefault(key, RunSpec(NAME, key, __name__, {
-                "model": spec, "data": data_options(cfg), "train": tc.model_dump(),
+                "model": su.model, "data": su.data, "data_name": tag(su.info),
+                "input_shape": list(su.info.input_shape), "n_classes": su.info.n_classes,
+                "train": tc.model_dump(),
                 "matched": cfg.matched(), "init_seed": init, "seed": pr["seed"],
                 "curve": {"points": cfg.curve_points, "range": cfg.curve_range}},
-                data={"kind": "mnist", **data_options(cfg)}))
+                data=su.data))
     return list(out.values())
 
 
 def run_one(p: dict, ctx) -> RunResult:
-    ds = ctx.dataset({"kind": "mnist", **p["data"]})
-    spec = models.parse_model(p["model"])
-    model = seeded_model(lambda: models.build(spec), p["init_seed"]).to(ctx.device)
+    ds = ctx.dataset(p["data"])
+    model = build_model(p, ds, p["init_seed"], ctx.device)
     tr = train_matched(model, ds, TrainConfig(**p["train"]), p["matched"], p["seed"])
     m = dict(zip(("train_loss", "train_acc"), evaluate(model, ds.x_train, ds.y_train, True)))
     m.update(zip(("test_loss", "test_acc"), evaluate(model, ds.x_test, ds.y_test, True)))
@@ -166,7 +182,7 @@ def run_one(p: dict, ctx) -> RunResult:
 def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
     """Tables from the run results: results, models (a row per trained model) and curves."""
     by_key = {spec.key: (spec, r) for spec, r in results}
-    ds = mnist_dataset(MnistOptions(**data_options(cfg)))
+    ds = build_dataset(results[0][0].params["data"])
     ev_train = evaluate_classifier(ds.x_train, ds.y_train, batch_size=10000)
     ev_test = evaluate_classifier(ds.x_test, ds.y_test, batch_size=10000)
 
@@ -198,7 +214,9 @@ def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
             v = r.values
             models_rows.append({"pair": pr["pair"], "seed": pr["seed"], "end": end,
                                 "run": _key((bs, lr, init), pr["seed"]), "batch_size": bs,
-                                "lr": lr, "init_seed": init, "reached": v["reached"],
+                                "lr": lr, "init_seed": init,
+                                "data": sa.params.get("data_name", "MNIST"),
+                                "reached": v["reached"],
                                 "status": v["status"], "steps": v["steps"],
                                 "criterion_step": v["criterion_step"],
                                 **{k: v[k] for k in ("train_loss", "train_acc", "test_loss",
@@ -295,12 +313,14 @@ def verdicts(cfg: Config, tables) -> list[stats.Verdict]:
     name = f"batch {b1} vs {b2}"
     li = ((f"On filter-normalized 1-D curves the batch-{b2} minimum is narrower (larger rise "
           f"of the train loss at t = ±{cfg.curve_range / 2:g}) than the batch-{b1} one"),
-          "Li et al. 2018 (arXiv:1712.09913)", ("VGG-9 on CIFAR-10, batch 128 vs 8192 (Fig. 3): "
-          "small-batch minima wider on filter-normalized plots"))
+          "Li et al. 2018 (arXiv:1712.09913)", stats.published_for(
+              "VGG-9 on CIFAR-10, batch 128 vs 8192 (Fig. 3): small-batch minima wider on "
+              "filter-normalized plots", "CIFAR-10", stats.data_of(mods)))
     ke = ((f"On the line θ(α) from batch {b1} (α = 0) to batch {b2} (α = 1) the train loss "
           f"rises faster beyond the large-batch end (α = 1.5) than beyond the small-batch end "
           f"(α = −0.5)"), "Keskar et al. 2017 (arXiv:1609.04836)",
-          "Fig. 3 (F1 on MNIST and others): sharp rise beyond the large-batch solution")
+          stats.published_for("Fig. 3 (F1 on MNIST and others): sharp rise beyond the "
+                              "large-batch solution", "MNIST", stats.data_of(mods)))
     why = pipeline_reason(mods.drop_duplicates("run"), cfg)
     if why is not None or name not in set(res.pair):
         why = why or "the batch pair did not finish"
