@@ -12,7 +12,7 @@ import pytest
 
 import dlscope
 from dlscope.contract.runspec import RunSpec
-from dlscope.data import MnistOptions, mnist_dataset
+from dlscope.data import build_dataset
 from dlscope.errors import UserError
 from dlscope.execution.store import Store
 from dlscope.experiments import interpolation as ip
@@ -76,7 +76,7 @@ def test_quick_run_endpoints_equal_the_trained_models(tmp_path):
     assert summary["statistics"]["pipeline_check"].startswith("6 of 6 models missed")
 
     cfg = r.config
-    ds = mnist_dataset(MnistOptions(**ip.data_options(cfg)))
+    ds = build_dataset(ip.inputs(cfg).data)
     store = Store(root)
     stored = [json.loads(p.read_text()) for p in (root / "runs").glob("*/spec.json")]
     specs = {s["key"]: replace(spec_of(s), device=s["device"], threads=s["threads"])
