@@ -14,7 +14,7 @@ from dlscope import models
 from dlscope.errors import UserError
 from dlscope.experiments import param_count as pc
 
-COLUMNS = ["model", "data", "widths", "params", "seed", "train_loss", "train_acc", "test_loss",
+COLUMNS = ["model", "widths", "params", "seed", "train_loss", "train_acc", "test_loss",
            "test_acc"]
 
 

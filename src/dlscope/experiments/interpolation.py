@@ -31,10 +31,20 @@ import pandas as pd
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from dlscope import models, plotting
+from dlscope import plotting
 from dlscope.contract.runspec import RunResult, RunSpec
 from dlscope.data import build_dataset
 from dlscope.experiments import stats
+from dlscope.experiments.flatness_common import (
+    MatchedConfig,
+    flat_params,
+    iv,
+    pipeline_reason,
+    rebuild,
+    scaled_lr,
+    seed_lines,
+    train_matched,
+)
 from dlscope.experiments.inputs import (
     DATA_HELP,
     MODEL_HELP,
@@ -45,16 +55,6 @@ from dlscope.experiments.inputs import (
     check_model,
     setup,
     tag,
-)
-from dlscope.experiments.flatness_common import (
-    MatchedConfig,
-    flat_params,
-    iv,
-    pipeline_reason,
-    rebuild,
-    scaled_lr,
-    seed_lines,
-    train_matched,
 )
 from dlscope.metrics.directions import curve_rise, filter_normalized_direction, loss_curve_1d
 from dlscope.metrics.interpolation import alpha_grid, evaluate_classifier, interpolate

@@ -163,13 +163,13 @@ def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
         if v["module_params"] != d["params"]:
             raise RuntimeError(f"{d['model']}: module has {v['module_params']} parameters, "
                                f"count_params says {d['params']}")
-        rows.append({"model": d["model"], "data": p.get("data_name", "MNIST"),
-                     "widths": d["widths"], "params": d["params"],
+        rows.append({"model": d["model"], "widths": d["widths"], "params": d["params"],
                      "seed": spec.params["seed"],
                      **{k: v[k] for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
                      "gap_acc": v["train_acc"] - v["test_acc"],
                      "gap_loss": v["test_loss"] - v["train_loss"], "n_train": v["n_train"],
-                     "epochs": v["epochs_run"], "status": v["status"], "wall_s": v["wall_s"]})
+                     "epochs": v["epochs_run"], "status": v["status"], "wall_s": v["wall_s"],
+                     "data": p.get("data_name", "MNIST")})
     df = pd.DataFrame(rows).sort_values(["params", "seed"], ignore_index=True)
     df["failed"] = df.status.isin(FAILED)
     return {"results": df}

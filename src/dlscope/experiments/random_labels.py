@@ -195,8 +195,7 @@ def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
                                                              "running_loss", "running_acc",
                                                              "lr")}}))
         c = curves[-1]
-        row = {"model": models.parse_model(spec.params["model"]).name,
-               "data": spec.params.get("data_name", "MNIST"), "seed": seed,
+        row = {"model": models.parse_model(spec.params["model"]).name, "seed": seed,
                "params": r.values["params"], "n_train": r.values["n_train"],
                "label_noise": cfg.label_noise, "labels_changed": r.values["labels_changed"],
                "epochs": int(c.epoch.max()), "status": r.values["status"],
@@ -204,7 +203,8 @@ def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
                "max_train_acc": float(c.train_acc.max()),
                "final_test_acc": float(c.test_acc.iloc[-1]),
                "final_train_loss": float(c.train_loss.iloc[-1]),
-               "final_test_loss": float(c.test_loss.iloc[-1]), "wall_s": r.values["wall_s"]}
+               "final_test_loss": float(c.test_loss.iloc[-1]), "wall_s": r.values["wall_s"],
+               "data": spec.params.get("data_name", "MNIST")}
         for t in THRESHOLDS:
             row[f"epoch_{round(t * 100)}"] = first_epoch(c, t)
         rows.append(row)

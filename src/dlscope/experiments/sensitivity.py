@@ -33,9 +33,18 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
-from dlscope import models, plotting
+from dlscope import plotting
 from dlscope.contract.runspec import RunResult, RunSpec
 from dlscope.experiments import stats
+from dlscope.experiments.flatness_common import (
+    MatchedConfig,
+    band,
+    bs_axis,
+    iv,
+    pipeline_reason,
+    scaled_lr,
+    train_matched,
+)
 from dlscope.experiments.inputs import (
     DATA_HELP,
     MODEL_HELP,
@@ -46,15 +55,6 @@ from dlscope.experiments.inputs import (
     check_model,
     setup,
     tag,
-)
-from dlscope.experiments.flatness_common import (
-    MatchedConfig,
-    band,
-    bs_axis,
-    iv,
-    pipeline_reason,
-    scaled_lr,
-    train_matched,
 )
 from dlscope.metrics.epsilon_sharpness import lambda_max, sharpness
 from dlscope.metrics.input_sensitivity import loss_input_grad_norm, sensitivity
