@@ -8,6 +8,7 @@ are stored as they arrive; summary.json is written last.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
 import re
@@ -24,11 +25,14 @@ from dlscope import experiments
 from dlscope.contract import config as configs
 from dlscope.contract import limits
 from dlscope.contract.runspec import RunResult, RunSpec, resolve_run
+from dlscope.data import identity as data_identity
+from dlscope.data import info as data_info
 from dlscope.data import mnist_identity
 from dlscope.driver.result import ExperimentResult
 from dlscope.errors import UserError
 from dlscope.execution.executor import Task, choose, get_executor, worker_threads
 from dlscope.execution.store import Store, atomic_write_text, write_json
+from dlscope.models import FACTORY_PATH_ENV
 from dlscope.train.engine import ENGINE_VERSION, resolve_device
 from dlscope.version import __version__
 
@@ -121,9 +125,28 @@ def _device(device: str):
 
 
 def _data_used(specs: list[RunSpec], log) -> list[dict]:
-    """The outside data the runs train on (loaded and fingerprinted once, logged once)."""
-    kinds = {s.data.get("kind") for s in specs if isinstance(s.data, dict)}
-    return [mnist_identity(log=log)] if "mnist" in kinds else []
+    """The outside data the runs train on (loaded and fingerprinted once, logged once):
+    MNIST's identity, or for other kinds what `dlscope.data.info` says and the content
+    fingerprint (`dlscope.data.identity`)."""
+    out, seen = [], set()
+    for s in specs:
+        d = s.data
+        if not isinstance(d, dict) or d.get("kind") == "function":
+            continue
+        where = {k: v for k, v in d.items() if k in ("kind", "path")}
+        key = json.dumps(where, sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        if d.get("kind") == "mnist":
+            out.append(mnist_identity(log=log))
+            continue
+        found, ident = data_info(d), data_identity(d) or {}
+        if found is not None:
+            log(f"data: {found.source}")
+            out.append({"data": found.name, "official": found.official,
+                        "sha256": ident.get("sha256"), "source": found.source})
+    return out
 
 
 def _git_commit() -> str | None:
@@ -224,6 +247,7 @@ def run_experiment(name: str, *, profile: str = "assignment", config_file=None, 
     """Run one experiment end to end (validate, run what is not stored, write) and return
     its tables, figures and observations as an ExperimentResult."""
     t0 = time.perf_counter()
+    os.environ.setdefault(FACTORY_PATH_ENV, os.getcwd())  # workers import factories from here
     exp = experiments.get(name)
     cfg = configs.resolve(exp, profile, config_file, sets, overrides)
     dev, n_threads, ex, specs = _prepare(exp, exp.runs(cfg), executor, workers, device,

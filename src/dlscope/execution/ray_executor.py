@@ -45,6 +45,7 @@ from typing import Any
 from dlscope.contract.runspec import RunContext, RunResult, RunSpec, canonical_json, execute
 from dlscope.errors import UserError
 from dlscope.execution.process_env import configure_openmp
+from dlscope.models import FACTORY_PATH_ENV
 
 INSTALL_HINT = "--executor ray needs the ray extra: pip install -e '.[ray]'"
 MAX_RETRIES = 2  # extra attempts for a run whose worker process or node died
@@ -67,15 +68,16 @@ def _import_ray():
 class RayRunContext(RunContext):
     """RunContext for a Ray worker: datasets come from the sweep's shared object store copy."""
     cache: Any = None  # ActorHandle of the sweep's _DatasetCache
+    module: str | None = None  # the experiment module: imported where the data is built
 
     def dataset(self, desc: dict):
-        return _shared_dataset(self.cache, canonical_json(desc), str(self.device))
+        return _shared_dataset(self.cache, canonical_json(desc), str(self.device), self.module)
 
 
 _WORKER_DATASETS: OrderedDict = OrderedDict()  # (desc_json, device) -> Dataset, this process
 
 
-def _shared_dataset(cache, desc_json: str, device: str):
+def _shared_dataset(cache, desc_json: str, device: str, module: str | None = None):
     key = (desc_json, device)
     if key in _WORKER_DATASETS:
         _WORKER_DATASETS.move_to_end(key)
@@ -86,7 +88,7 @@ def _shared_dataset(cache, desc_json: str, device: str):
     from dlscope.contract.runspec import cached_dataset
 
     try:
-        [ref] = ray.get(cache.get.remote(desc_json))
+        [ref] = ray.get(cache.get.remote(desc_json, module))
         ds = ray.get(ref).to(device)
     except RayTaskError as exc:  # building it failed: the run's own error (e.g. bad spec)
         raise _cause(exc) from None
@@ -106,10 +108,17 @@ def _versions() -> dict:
     return {"engine": ENGINE_VERSION, "torch": torch.__version__.split("+")[0]}
 
 
-def _run_task(specs: Task, cache, driver_versions: dict) -> tuple[list[RunResult], dict]:
-    """Body of one Ray task: run `specs` in this worker with one torch thread per CPU."""
+def _run_task(specs: Task, cache, driver_versions: dict, factory_path: str | None = None
+              ) -> tuple[list[RunResult], dict]:
+    """Body of one Ray task: run `specs` in this worker with one torch thread per CPU.
+
+    `factory_path`: the driver's DLSCOPE_FACTORY_PATH (its working folder), where user model
+    factories are imported from on this worker too."""
     import ray
     import torch
+
+    if factory_path:
+        os.environ[FACTORY_PATH_ENV] = factory_path
 
     where = {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
              "pid": os.getpid()}
@@ -124,7 +133,7 @@ def _run_task(specs: Task, cache, driver_versions: dict) -> tuple[list[RunResult
         specs = [dataclasses.replace(s, device="cuda") for s in specs]
 
     def context(device, threads):
-        return RayRunContext(device=device, threads=threads, cache=cache)
+        return RayRunContext(device=device, threads=threads, cache=cache, module=specs[0].fn)
 
     return execute(specs, context=context), where
 
@@ -144,7 +153,9 @@ class _DatasetCache:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
-    def get(self, desc_json: str) -> list:
+    def get(self, desc_json: str, module: str | None = None) -> list:
+        import importlib
+
         import ray
 
         from dlscope.contract.runspec import build_dataset
@@ -155,6 +166,8 @@ class _DatasetCache:
             stats["requests"] += 1
         with lock:  # two runs asking at once: the second waits for the first's build
             if desc_json not in self._refs:
+                if module:  # an outside experiment registers its own dataset kinds on import
+                    importlib.import_module(module)
                 # the uncached builder: the object store holds the only copy
                 self._refs[desc_json] = ray.put(build_dataset(desc_json, "cpu"))
                 stats["builds"] += 1
@@ -263,7 +276,8 @@ class RayExecutor:
                 ref = remote.options(
                     num_cpus=s.threads, num_gpus=1 if s.device.startswith("cuda") else 0,
                     max_retries=self.max_retries, retry_exceptions=False,
-                    name=f"dlscope {s.experiment} {s.key}").remote(task, cache, versions)
+                    name=f"dlscope {s.experiment} {s.key}").remote(
+                        task, cache, versions, os.environ.get(FACTORY_PATH_ENV))
                 pending[ref] = task
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
