@@ -128,6 +128,9 @@ def run(name: str = typer.Argument(..., help="an experiment (see `dlscope list`)
         threads: Optional[int] = typer.Option(None, help="torch threads per run"),
         force: bool = typer.Option(False, help="recompute finished runs"),
         ray_address: Optional[str] = typer.Option(None, help="Ray cluster address"),
+        data: Optional[str] = typer.Option(None, "--data", help=(
+            "dataset of the image experiments: mnist, cifar10:PATH or npz:FILE "
+            "(same as --set data=...)")),
         plugin: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP)):
     """Run one experiment (or all of them, then the report)."""
     from dlscope.driver.runner import run_experiment
@@ -137,7 +140,8 @@ def run(name: str = typer.Argument(..., help="an experiment (see `dlscope list`)
     common = dict(profile=profile, out=out, executor=executor, workers=workers, device=device,
                   threads=threads, force=force, log=_log, executor_options=options)
     if name != "all":
-        result = run_experiment(name, config_file=config, sets=set_, **common)
+        result = run_experiment(name, config_file=config, sets=set_,
+                                overrides={"data": data} if data is not None else None, **common)
         for line in result.observations:
             typer.echo(f"  {line}")
         return
@@ -145,7 +149,7 @@ def run(name: str = typer.Argument(..., help="an experiment (see `dlscope list`)
         raise UserError("run all: --config and --set apply to one experiment; run it by name")
     from dlscope.driver.suite import run_all
 
-    failed = run_all(**common)
+    failed = run_all(data=data, **common)
     if failed:
         raise typer.Exit(1)
 

@@ -15,8 +15,9 @@ from dlscope.errors import UserError
 from dlscope.execution.store import write_json
 
 
-def run_all(*, profile: str, out, log=print, **options) -> list[str]:
-    """Run everything; return the names of the experiments that failed."""
+def run_all(*, profile: str, out, log=print, data=None, **options) -> list[str]:
+    """Run everything; return the names of the experiments that failed. `data` (a
+    `--data` value) goes to every experiment with a `data` key; the others keep theirs."""
     from dlscope.driver.runner import run_experiment
 
     out = Path(out)
@@ -25,7 +26,12 @@ def run_all(*, profile: str, out, log=print, **options) -> list[str]:
     for name in experiments.available():
         t = time.perf_counter()
         try:
-            run_experiment(name, profile=profile, out=out, log=log, **options)
+            has_data = "data" in experiments.get(name).Config.model_fields
+            if data is not None and not has_data:
+                log(f"{name}: --data does not apply (it trains on its own data)")
+            run_experiment(name, profile=profile, out=out, log=log,
+                           overrides={"data": data} if data is not None and has_data else None,
+                           **options)
             status[name] = {"status": "ok", "wall_s": round(time.perf_counter() - t, 2)}
         except KeyboardInterrupt:
             raise
