@@ -187,7 +187,8 @@ def _summary(exp, name: str, profile: str, cfg, tables, ordered, *, wall: float,
     """summary.json: what the report and dlscope.load read (written last)."""
     flagged = [{"run": s.key, "status": r.status} for s, r in ordered
                if r.status not in ("ok", "converged")]
-    return {"experiment": name, "module": exp.__name__,  # dlscope.load imports it if needed
+    # "module": named in dlscope.load's refusal when not loaded; never imported from here
+    return {"experiment": name, "module": exp.__name__,
             "title": exp.TITLE, "section": exp.SECTION,
             "question": exp.QUESTION, "profile": profile, "wall_s": round(wall, 3),
             "runs": runs, "reused": reused, "computed": len(ordered) - reused,
