@@ -335,11 +335,15 @@ def observations(cfg: Config, tables) -> list[str]:
                    f"its top two PCA directions, median [95% t-interval of the mean] over "
                    f"{rv.run.nunique()} runs: {per} (Li et al. 2018: 40-90%).")
     ok = res[res.status.isin(["ok", "converged"])]
-    out.append(f"After {int(res.epochs_run.max())} epochs, median [95% t-interval of the mean] "
-               f"over {len(ok)} runs: train loss {stats.brief(ok.train_loss)}, train accuracy "
-               f"{stats.brief(ok.train_acc, '.2f', 100)}% ({cfg.eval_subset}-image subset), "
-               f"test accuracy {stats.brief(ok.test_acc, '.2f', 100)}% (min "
-               f"{100 * ok.test_acc.min():.2f}%, max {100 * ok.test_acc.max():.2f}%).")
+    if not len(ok):
+        out.append(f"No run finished its {int(res.epochs_run.max())} epochs without diverging: "
+                   "no final loss or accuracy to summarise.")
+    else:
+        out.append(f"After {int(res.epochs_run.max())} epochs, median [95% t-interval of the "
+                   f"mean] over {len(ok)} runs: train loss {stats.brief(ok.train_loss)}, train "
+                   f"accuracy {stats.brief(ok.train_acc, '.2f', 100)}% ({cfg.eval_subset}-image "
+                   f"subset), test accuracy {stats.brief(ok.test_acc, '.2f', 100)}% (min "
+                   f"{100 * ok.test_acc.min():.2f}%, max {100 * ok.test_acc.max():.2f}%).")
     bad = res[~res.status.isin(["ok", "converged"])]
     if len(bad):
         out.append(f"Runs not ok: {', '.join(f'{r.run} ({r.status})' for r in bad.itertuples())}.")
@@ -410,8 +414,10 @@ def headline(cfg: Config, tables) -> dict:
     """A few numbers that summarise this run (summary.json's headline)."""
     var, res = tables["variance"].set_index("scope"), tables["results"]
     out = {f"{s}_pc12_var": float(var.loc[s].pc12) for s in var.index}
-    if "null" in tables:
+    ok = res[res.status.isin(["ok", "converged"])]
+    if "null" in tables and null_excess(tables)[0].n:
         out["model_pc12_minus_null"] = null_excess(tables)[0].mean
-    out.update(test_acc_mean=float(res.test_acc.mean()),
-               train_loss_mean=float(res.train_loss.mean()))
+    if len(ok):
+        out.update(test_acc_mean=float(ok.test_acc.mean()),
+                   train_loss_mean=float(ok.train_loss.mean()))
     return out

@@ -46,7 +46,8 @@ def null_text(tables, scope: str = "model") -> str:
     return (f"top-2 share {stats.brief(g.training, '.1f', 100)}% in training vs "
             f"{stats.brief(g.simulated, '.1f', 100)}% for random walks with each run's own "
             f"step norms and dimension ({int(g.walks.iloc[0])} walks per run; closed form for "
-            f"{int(g.snapshots.iloc[0])} equal steps: {100 * g.closed_form.iloc[0]:.1f}%); "
+            f"{int(g.snapshots.iloc[0])} snapshots, equal steps: "
+            f"{100 * g.closed_form.iloc[0]:.1f}%); "
             f"training - null {iv.text('+.1f', 100, ' pts')}: {word}")
 
 
@@ -65,7 +66,7 @@ def null_figure(nl: pd.DataFrame, names: dict, li_range: tuple[float, float]):
     for ax, (scope, g) in zip(np.atleast_1d(axes), nl.groupby("scope", sort=False)):
         ax.axhspan(100 * li_range[0], 100 * li_range[1], color="0.9", label="Li et al. 40-90%")
         ax.axhline(100 * g.closed_form.iloc[0], ls="--", color="grey",
-                   label=f"closed form, {g.snapshots.iloc[0]} equal steps")
+                   label=f"closed form, {g.snapshots.iloc[0]} snapshots")
         ax.errorbar(g.run, 100 * g.simulated, 100 * g.simulated_sd, fmt="o", mfc="none",
                     capsize=3, label="random walk, the run's steps")
         ax.plot(g.run, 100 * g.training, "o", color="C3", label="training")
