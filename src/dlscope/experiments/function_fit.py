@@ -72,12 +72,12 @@ class Config(ExperimentConfig):
     @field_validator("functions")
     @classmethod
     def _known_functions(cls, value: list[str]) -> list[str]:
-        from dlscope.data.functions import resolve
+        from dlscope.data.functions import check_target
         from dlscope.errors import UserError
 
         for spec in value:
             try:
-                resolve(spec)
+                check_target(spec)  # finite on a dense grid of its domain, before any run
             except UserError as exc:
                 raise ValueError(str(exc)) from None
         return value
