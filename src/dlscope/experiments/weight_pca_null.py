@@ -70,6 +70,7 @@ def null_figure(nl: pd.DataFrame, names: dict, li_range: tuple[float, float]):
         ax.errorbar(g.run, 100 * g.simulated, 100 * g.simulated_sd, fmt="o", mfc="none",
                     capsize=3, label="random walk, the run's steps")
         ax.plot(g.run, 100 * g.training, "o", color="C3", label="training")
+        ax.set_xticks(g.run)
         plotting.finish(ax, f"{names[scope]}: top-2 share vs random walk", "run",
                         "variance in top 2 directions (%)")
     return fig
