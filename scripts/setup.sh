@@ -9,9 +9,10 @@ cd "$(dirname "$0")/.."
 .venv/bin/pip install -q torch==2.13.0
 if [ "${1:-}" = "test" ]; then
   .venv/bin/pip install -q -e '.[test,ray]'
-  if ! command -v chromium >/dev/null 2>&1; then  # the report is tested in a real browser
+  # the report is tested in a real browser; its PDF's pages are rendered by poppler's pdftoppm
+  if ! command -v chromium >/dev/null 2>&1 || ! command -v pdftoppm >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium poppler-utils >/dev/null
   fi
 else
   .venv/bin/pip install -q -e .

@@ -4,6 +4,7 @@
     r = dlscope.run("function-fit", profile="quick", out="runs")   # same path as the CLI
     r.tables["results"], r.figures, r.observations
     r = dlscope.load("runs/function-fit")                          # a finished folder
+    r = dlscope.load("runs/toy-width", plugins=["toy_width"])      # an outside experiment's
 """
 
 from __future__ import annotations
@@ -47,11 +48,15 @@ def config_of(name: str):
     return experiments.get(name).Config
 
 
-def load(path):
-    """A finished results folder as an ExperimentResult (or a dict of them for an OUT folder)."""
+def load(path, *, plugins=()):
+    """A finished results folder as an ExperimentResult (or a dict of them for an OUT folder).
+
+    Reading a folder runs no code from it: an outside experiment's module is imported only
+    when named, `plugins=["mypkg.myexp"]` (or DLSCOPE_PLUGINS, an installed entry point);
+    otherwise one line says which module wrote the folder and how to allow it."""
     from dlscope.driver.result import load as _load
 
-    return _load(path)
+    return _load(path, plugins=plugins)
 
 
 def _quiet(msg: str) -> None:

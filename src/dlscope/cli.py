@@ -131,11 +131,20 @@ def run(name: str = typer.Argument(..., help="an experiment (see `dlscope list`)
         data: Optional[str] = typer.Option(None, "--data", help=(
             "dataset of the image experiments: mnist, cifar10:PATH or npz:FILE "
             "(same as --set data=...)")),
-        plugin: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP)):
+        plugin: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP),
+        pdf: bool = typer.Option(False, "--pdf", help="with `all`: also print the report to "
+                                 "report.pdf (needs headless Chromium)")):
     """Run one experiment (or all of them, then the report)."""
     from dlscope.driver.runner import run_experiment
 
     _plugins(plugin)
+    if pdf:
+        if name != "all":
+            raise UserError(f"run {name}: --pdf goes with `run all` (which writes the report); "
+                            f"for one experiment: dlscope report {out} --pdf")
+        from dlscope.report.pdf import require_chromium
+
+        require_chromium()  # before hours of training, not after
     options = {"address": ray_address} if ray_address else {}
     common = dict(profile=profile, out=out, executor=executor, workers=workers, device=device,
                   threads=threads, force=force, log=_log, executor_options=options)
@@ -150,19 +159,30 @@ def run(name: str = typer.Argument(..., help="an experiment (see `dlscope list`)
     from dlscope.driver.suite import run_all
 
     failed = run_all(data=data, **common)
+    if pdf:
+        from dlscope.report.pdf import write_pdf
+
+        _log(f"report: {write_pdf(Path(out) / 'report.html')}")
     if failed:
         raise typer.Exit(1)
 
 
 @app.command()
 def report(folder: Path = typer.Argument(..., help="a results folder (the --out of run)"),
-           plugin: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP)):
-    """Rebuild report.html from a results folder alone (no training)."""
+           plugin: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP),
+           pdf: bool = typer.Option(False, "--pdf", help="also print it to report.pdf (A4, "
+                                    "needs headless Chromium: Debian package chromium)")):
+    """Rebuild report.html from a results folder alone (no training; no code from the
+    folder runs)."""
     from dlscope.report import build_report
 
     _plugins(plugin)
     path = build_report(folder)
     typer.echo(str(path))
+    if pdf:
+        from dlscope.report.pdf import write_pdf
+
+        typer.echo(str(write_pdf(path)))
 
 
 @data_app.command("fetch")

@@ -1,5 +1,5 @@
 """Open experiment registration: the contract check, the plugin routes (`--plugin`,
-DLSCOPE_PLUGINS, entry points, `dlscope.load` by the recorded module), the report's sections
+DLSCOPE_PLUGINS, entry points, `dlscope.load(DIR, plugins=...)`), the report's sections
 from the registry, and an experiment defined outside the package run from the CLI and from
 `dlscope.run`. That experiment is the example of docs/CONTRACT.md, read from the doc, so the
 doc cannot drift from what runs."""
@@ -192,22 +192,26 @@ def test_outside_experiment_from_dlscope_run_and_load(plugin_dir, tmp_path):
         np.testing.assert_allclose([one["train_mse"], one["test_mse"]], [train, test],
                                    rtol=1e-4)
 
-    # a fresh registry (a new session): dlscope.load imports the recorded module again
+    # a fresh registry (a new session): dlscope.load names the recorded module, imports it
+    # only when the caller names it (tests/driver/test_load_safety.py: the folder is data)
     forget(NAME)
     sys.modules.pop(MODULE, None)
-    back = dlscope.load(out / NAME)
+    with pytest.raises(UserError, match=r"written by experiment module 'toy_width', which is "
+                                        r"not loaded; to allow it: .*plugins=\['toy_width'\]"):
+        dlscope.load(out / NAME)
+    assert MODULE not in sys.modules
+    back = dlscope.load(out / NAME, plugins=[MODULE])
     assert NAME in registry.REGISTRY and back.name == NAME
     pd.testing.assert_frame_equal(back.tables["results"], df, check_dtype=False)
     assert back.observations == r.observations and set(back.figures) == {"test_mse"}
 
-    # not importable any more: one clear line
+    # named but not importable any more: one clear line
     forget(NAME)
     sys.modules.pop(MODULE, None)
     (plugin_dir / f"{MODULE}.py").unlink()
     importlib.invalidate_caches()
-    with pytest.raises(UserError, match=r"experiment 'toy-width' comes from module 'toy_width', "
-                                        r"which cannot be used here: .*cannot import it"):
-        dlscope.load(out / NAME)
+    with pytest.raises(UserError, match=r"experiment module 'toy_width': cannot import it"):
+        dlscope.load(out / NAME, plugins=[MODULE])
 
 
 def test_run_many_is_used_for_a_group_and_matches_run_one(plugin_dir, monkeypatch):

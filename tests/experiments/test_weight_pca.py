@@ -11,9 +11,11 @@ import torch
 import dlscope
 from dlscope import experiments, models
 from dlscope.contract import config as configs
+from dlscope.contract.runspec import RunResult
 from dlscope.data import MnistOptions, mnist_dataset
 from dlscope.errors import UserError
 from dlscope.metrics.flat import flatten_params
+from dlscope.metrics.random_walk import walk_shares
 from dlscope.metrics.trajectory import pca
 from dlscope.train.engine import evaluate, seeded_model
 
@@ -39,8 +41,8 @@ def _arrays(result) -> list[dict]:
 
 def test_writes_every_table_figure_and_summary(result):
     for f in ("points.csv", "landscape.csv", "trajectory.csv", "variance.csv", "results.csv",
-              "run_variance.csv", "summary.json", "figures/pca_model.png", "figures/pca_layer1.png",
-              "figures/landscape.png"):
+              "run_variance.csv", "null.csv", "summary.json", "figures/pca_model.png",
+              "figures/pca_layer1.png", "figures/landscape.png", "figures/null.png"):
         assert (result.path / f).is_file(), f
     pts = result.tables["points"]
     assert list(pts.columns) == ["scope", "run", "seed", "epoch", "pc1", "pc2", "train_loss",
@@ -58,7 +60,7 @@ def test_writes_every_table_figure_and_summary(result):
     obs = result.summary["observations"]
     assert len(obs) >= 4 and any("Li et al." in o for o in obs)
     back = dlscope.load(result.path)
-    assert set(back.figures) == {"pca_model", "pca_layer1", "landscape"}
+    assert set(back.figures) == {"pca_model", "pca_layer1", "landscape", "null"}
 
 
 def test_points_are_the_joint_pca_of_the_stored_snapshots(result):
@@ -143,7 +145,8 @@ def test_plane_origin_is_the_final_models_loss_on_the_subset(result):
 
 def test_assignment_profile_and_runspecs():
     cfg = configs.resolve(EXP, "assignment")
-    assert (cfg.seeds, cfg.epochs, cfg.every, cfg.batch_size, cfg.lr) == (8, 24, 3, 64, 1e-3)
+    assert (cfg.seeds, cfg.epochs, cfg.every, cfg.batch_size, cfg.lr) == (8, 24, 1, 64, 1e-3)
+    assert len(EXP.snapshot_epochs(cfg.epochs, cfg.every)) == 25  # every epoch, epoch 0 too
     specs = EXP.runs(cfg)
     assert len(specs) == 8 and {s.group for s in specs} == {"mlp"}
     assert len({s.params["seed"] for s in specs}) == 8 and len({s.hash for s in specs}) == 8
@@ -178,3 +181,61 @@ def test_ensemble_path_equals_solo_runs():
         assert np.allclose(got.arrays["snapshots"], alone.arrays["snapshots"], rtol=1e-4,
                            atol=1e-6)
         assert np.allclose(got.arrays["train_loss"], alone.arrays["train_loss"], rtol=1e-4)
+
+
+def _fake_results(trajectories) -> list:
+    """(spec, RunResult) pairs as run_one makes them, around given [n, P] trajectories."""
+    out = []
+    for i, snaps in enumerate(trajectories):
+        n = len(snaps)
+        arrays = {"snapshots": np.asarray(snaps, np.float32), "epoch": np.arange(n),
+                  "train_loss": np.linspace(2, 0.1, n), "train_acc": np.linspace(0.1, 0.99, n),
+                  "test_loss": np.linspace(2, 0.1, n), "test_acc": np.linspace(0.1, 0.98, n)}
+        values = {"status": "ok", "run": i, "seed": i, "epochs_run": n - 1,
+                  "params": snaps.shape[1], "layer1": [0, snaps.shape[1] // 2], "wall_s": 1.0,
+                  "train_loss": 0.1, "train_acc": 0.99, "test_acc": 0.98}
+        out.append((None, RunResult(values=values, arrays=arrays)))
+    return out
+
+
+def _walks(runs, n, dim, seed, drift=0.0):
+    rng = np.random.default_rng(seed)
+    steps = rng.standard_normal((runs, n - 1, dim)) * np.geomspace(1, 0.2, n - 1)[:, None]
+    steps += drift * np.ones(dim) / np.sqrt(dim)
+    return [np.vstack([rng.standard_normal(dim), s]).cumsum(0) for s in steps]
+
+
+def test_null_table_matches_the_closed_form_and_the_run_shares():
+    cfg = configs.resolve(EXP, "assignment", overrides={"null_walks": 4})
+    tables = EXP.analyze(cfg, _fake_results(_walks(3, 25, 4000, 0)))
+    nl, rv = tables["null"], tables["run_variance"]
+    assert len(nl) == 6 and set(nl.scope) == {"model", "layer1"}
+    np.testing.assert_allclose(nl.closed_form, walk_shares(25)[:2].sum())
+    np.testing.assert_allclose(nl.training.to_numpy(), rv.pc12.to_numpy())
+    np.testing.assert_allclose(nl.excess, nl.training - nl.simulated)
+    assert (nl.dim == np.where(nl.scope == "model", 4000, 2000)).all()
+    assert (nl.simulated > nl.closed_form).all()  # decaying steps concentrate the share
+    again = EXP.analyze(cfg, _fake_results(_walks(3, 25, 4000, 0)))["null"]
+    pd.testing.assert_frame_equal(nl, again)  # seeded
+
+
+def test_a_random_walk_shows_no_difference_from_the_null_a_line_does():
+    """A random walk with decaying steps sits on its null; a straight line (every step
+    aligned, share 1) and a walk with a steady drift (partly aligned steps) sit above it."""
+    cfg = configs.resolve(EXP, "assignment", overrides={"null_walks": 4})
+    rng = np.random.default_rng(5)
+    lines = [np.outer(np.sqrt(np.arange(25.0)), rng.standard_normal(3000)) for _ in range(4)]
+    for trajs, word in ((_walks(6, 25, 3000, 1), "no clear difference"),
+                        (_walks(6, 25, 3000, 2, drift=3.0), "differs"), (lines, "differs")):
+        tables = EXP.analyze(cfg, _fake_results(trajs))
+        for scope in ("model", "layer1"):
+            iv, says = EXP.null_excess(tables, scope)
+            assert says == word and iv.n == len(trajs)
+        (v,) = EXP.verdicts(cfg, tables)
+        assert f": {word}" in v.statistic and "random walk" in v.statistic
+        obs = " ".join(EXP.observations(cfg, tables))
+        assert "training - null" in obs and word in obs
+        assert EXP.statistics(cfg, tables)["null_excess"]["model"]["says"] == word
+    assert EXP.analyze(cfg, _fake_results(lines))["null"].training.min() > 1 - 1e-6
+    one = EXP.analyze(cfg, _fake_results(_walks(1, 25, 3000, 3)))
+    assert EXP.null_excess(one)[1].startswith("one run: no interval")

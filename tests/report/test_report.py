@@ -272,7 +272,7 @@ def test_cli_rebuilds_and_rejects_empty(results, tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("value, text", [(0.038620371371507645, "0.03862"), (550, "550"),
                                          (206922, "206,922"), (1e-6, "1e-06"), (12.0, "12"),
-                                         (float("nan"), "NaN"), (True, "yes"), (98.765, "98.77")])
+                                         (float("nan"), "—"), (True, "yes"), (98.765, "98.77")])
 def test_number_format(value, text):
     assert fmt_number(value) == text
 

@@ -78,15 +78,24 @@ def _show(expr: str) -> str:
     return repr(expr if len(expr) <= 60 else expr[:57] + "...")
 
 
+def _constant(value, bad: str) -> np.float64:
+    """A literal as float64: every operation runs in floats, so 9**9**9 is inf at once and
+    never a huge Python integer."""
+    if type(value) not in (int, float):
+        raise UserError(f"{bad} only real numbers are allowed as constants, not {value!r}")
+    try:
+        return np.float64(float(value))
+    except OverflowError:
+        raise UserError(f"{bad} the number {str(value)[:20]}... is too large") from None
+
+
 def _compile(node: ast.AST, expr: str) -> Fn:
     """Turn one whitelisted AST node into a closure of x; anything else is a UserError."""
     bad = f"expression {_show(expr)}:"
     if isinstance(node, ast.Expression):
         return _compile(node.body, expr)
     if isinstance(node, ast.Constant):
-        if type(node.value) not in (int, float):
-            raise UserError(f"{bad} only real numbers are allowed as constants, not {node.value!r}")
-        value = np.float64(node.value)
+        value = _constant(node.value, bad)
         return lambda x: np.full_like(x, value)
     if isinstance(node, ast.Name):
         if node.id == "x":
@@ -171,6 +180,45 @@ def _evaluate(target: TargetFunction, x: np.ndarray) -> np.ndarray:
     with np.errstate(all="ignore"):
         y = np.asarray(target.fn(x), dtype=np.float64)
     return np.broadcast_to(y, x.shape).copy()
+
+
+CHECK_POINTS = 10_001  # grid on which a target is checked before any run starts
+
+
+def check_target(spec: str, domain: tuple[float, float] | None = None,
+                 points: int = CHECK_POINTS) -> TargetFunction:
+    """Resolve a target and make sure it is finite on its domain, before any run starts.
+
+    Args:
+        spec: A registry name, ``expr:<expression>`` or a bare expression in x.
+        domain: (low, high); None: the target's own domain.
+        points: Grid points (evenly spaced, both ends and 0 when inside) it is evaluated at.
+
+    Returns:
+        The resolved `TargetFunction`.
+
+    Raises:
+        UserError: unknown or unsafe spec, bad domain, or a value that is NaN or infinite
+            on the grid (naming the first such x).
+
+    >>> check_target("sinc").domain
+    (-1.0, 1.0)
+    >>> try:
+    ...     check_target("expr:1/x")
+    ... except UserError as e:
+    ...     print(str(e)[:52])
+    function 'expr:1/x' is not finite on [-1, 1] (e.g. a
+    """
+    target = resolve(spec)
+    lo, hi = _check_domain(target.domain if domain is None else domain, spec)
+    x = np.linspace(lo, hi, points)
+    if lo < 0 < hi:
+        x = np.sort(np.append(x, 0.0))
+    bad = ~np.isfinite(_evaluate(target, x))
+    if bad.any():
+        raise UserError(f"function {spec!r} is not finite on [{lo:g}, {hi:g}] (e.g. at "
+                        f"x={x[bad][0]:.6g}); choose another function or domain")
+    return target
 
 
 def _check_domain(domain, spec: str) -> tuple[float, float]:

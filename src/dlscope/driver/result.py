@@ -10,10 +10,14 @@ import base64
 import html
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import pandas as pd
+
+from dlscope.errors import UserError
 
 
 @dataclass
@@ -47,24 +51,63 @@ class ExperimentResult:
         return "\n".join(parts)
 
 
-def load(path) -> ExperimentResult | dict[str, ExperimentResult]:
-    """Read a finished results folder: one experiment's, or an OUT folder holding several."""
-    from dlscope.contract import config as configs
-    from dlscope.errors import UserError
+def load(path, *, plugins=()) -> ExperimentResult | dict[str, ExperimentResult]:
+    """Read a finished results folder: one experiment's, or an OUT folder holding several.
 
-    path = Path(path)
+    A results folder is data: reading one never imports the module its summary.json
+    records. The experiment must be registered already: a built-in one, or one the user
+    named (`plugins` here, DLSCOPE_PLUGINS, an installed `dlscope.experiments` entry point,
+    or `dlscope.experiments.register`); any other stops with one line naming the module and
+    how to allow it.
+
+    Args:
+        path: The experiment's folder (holding summary.json) or an OUT folder of them.
+        plugins: Experiment modules (import paths or modules) to import and register first,
+            e.g. ["mypkg.myexp"]: the caller's consent to run their code.
+
+    Returns:
+        An ExperimentResult, or {experiment folder name: ExperimentResult} for an OUT folder.
+
+    Raises:
+        UserError: No finished experiment there, unreadable files, or an experiment whose
+            module is not loaded (NotLoaded).
+    """
+    from dlscope import experiments
+
+    if isinstance(plugins, (str, ModuleType)):
+        plugins = [plugins]
+    for p in plugins:
+        experiments.register(p)
+    return _load(Path(path))
+
+
+class NotLoaded(UserError):
+    """A results folder written by an experiment whose module the user has not loaded."""
+
+
+# a dotted module path, nothing else (the only form named in a refusal's advice)
+_MODULE_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def _load(path: Path) -> ExperimentResult | dict[str, ExperimentResult]:
+    from dlscope.contract import config as configs
+
     if not (path / "summary.json").exists():
-        found = {d.name: load(d) for d in sorted(path.iterdir()) if (d / "summary.json").exists()} \
-            if path.is_dir() else {}
+        found = {d.name: _load(d) for d in sorted(path.iterdir())
+                 if (d / "summary.json").exists()} if path.is_dir() else {}
         if not found:
             raise UserError(f"{path}: no finished experiment here (no summary.json)")
         return found
     try:
         summary = json.loads((path / "summary.json").read_text())
+        if not isinstance(summary, dict):
+            raise UserError("summary.json is not a JSON object")
         exp = _experiment(summary, path)
         cfg = configs.from_toml(exp, (path / "config.toml").read_text())
         tables = {p.stem: pd.read_csv(p) for p in sorted(path.glob("*.csv"))}
         figures = exp.figures(cfg, tables)
+    except NotLoaded:
+        raise
     except UserError as exc:
         raise UserError(f"{path}: not a readable results folder ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - garbage files: one line naming the folder, not a raw traceback
@@ -77,18 +120,25 @@ def load(path) -> ExperimentResult | dict[str, ExperimentResult]:
 
 
 def _experiment(summary: dict, path: Path):
-    """The module of the experiment that wrote `path`: the registered one, or else the module
-    summary.json records (an outside experiment), imported and registered when importable."""
+    """The registered module of the experiment that wrote `path`. The module summary.json
+    records is never imported from here: it only names what the user may choose to load."""
     from dlscope import experiments
-    from dlscope.errors import UserError
+    from dlscope.experiments import registry
 
     name, module = summary.get("experiment"), summary.get("module")
-    if not isinstance(name, str):
-        raise UserError(f"{path}/summary.json: no experiment name")
-    if name not in experiments.available() and isinstance(module, str) and module:
-        try:
-            experiments.register(module)
-        except UserError as exc:
-            raise UserError(f"{path}: experiment {name!r} comes from module {module!r}, which "
-                            f"cannot be used here: {exc}") from None
-    return experiments.get(name)
+    if not isinstance(name, str) or not name:
+        raise UserError("summary.json: no experiment name")
+    if name in experiments.available():
+        return experiments.get(name)
+    if not (isinstance(module, str) and _MODULE_PATH.fullmatch(module)):
+        shown = repr(module)[:80]
+        raise NotLoaded(f"{path}: written by experiment {name[:80]!r}, which is not registered, "
+                        f"and summary.json names no module path ({shown}); load its module "
+                        f"with dlscope.load(DIR, plugins=['mypkg.myexp']) or DLSCOPE_PLUGINS")
+    if (module == "dlscope" or module.startswith("dlscope.")) \
+            and module not in registry.BUILTIN.values():
+        raise NotLoaded(f"{path}: written by experiment module {module!r}, which is not one of "
+                        f"dlscope's built-in experiments; refused (not imported)")
+    raise NotLoaded(f"{path}: written by experiment module {module!r}, which is not loaded; "
+                    f"to allow it: dlscope.load(DIR, plugins=[{module!r}]) or "
+                    f"DLSCOPE_PLUGINS={module}")

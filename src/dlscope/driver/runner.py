@@ -2,7 +2,10 @@
 
 This is the one code path behind `dlscope run`, `dlscope.run()` and `dlscope run all`.
 Nothing is written before the config, device and executor are validated; finished runs
-are stored as they arrive; summary.json is written last.
+are stored as they arrive; summary.json is written last and marks a finished folder: a stale
+one is removed before config.toml, tables and figures are rewritten, so a write that fails
+(a full disk) leaves a folder that reads as incomplete, and the next run reuses the stored
+runs and completes it.
 """
 
 from __future__ import annotations
@@ -55,6 +58,10 @@ def _tasks(specs: list[RunSpec], workers: int) -> list[Task]:
 
 class RunsFailed(RuntimeError):
     """Every run of an experiment failed for a reason other than bad input (a fault)."""
+
+
+class OutputFailed(RunsFailed):
+    """Writing an experiment's results failed (a full disk): the folder has no summary.json."""
 
 
 def _one_line(exc: BaseException) -> str:
@@ -210,7 +217,8 @@ def _summary(exp, name: str, profile: str, cfg, tables, ordered, *, wall: float,
     """summary.json: what the report and dlscope.load read (written last)."""
     flagged = [{"run": s.key, "status": r.status} for s, r in ordered
                if r.status not in ("ok", "converged")]
-    return {"experiment": name, "module": exp.__name__,  # dlscope.load imports it if needed
+    # "module": named in dlscope.load's refusal when not loaded; never imported from here
+    return {"experiment": name, "module": exp.__name__,
             "title": exp.TITLE, "section": exp.SECTION,
             "question": exp.QUESTION, "profile": profile, "wall_s": round(wall, 3),
             "runs": runs, "reused": reused, "computed": len(ordered) - reused,
@@ -267,24 +275,31 @@ def run_experiment(name: str, *, profile: str = "assignment", config_file=None, 
     if not results:
         _remove_created(created)
         _all_failed(name, failures, errors)
-    atomic_write_text(store.root / "config.toml", configs.to_toml(cfg))
-
     ordered = [(s, results[s.hash]) for s in specs if s.hash in results]
-    tables = exp.analyze(cfg, ordered)
-    for tname, df in tables.items():
-        store.write_table(tname, df)
-    figures = exp.figures(cfg, tables)
-    for fname, fig in figures.items():
-        store.write_figure(fname, fig)
-    observations = exp.observations(cfg, tables)
-    wall = time.perf_counter() - t0
-    env = environment(dev, n_threads, ex.name, ex.workers)
-    env["data"] = data  # what was trained on: verified MNIST or other data (never confused)
-    env["wall_s"] = round(wall, 3)
-    write_json(store.root / "env.json", env)
-    summary = _summary(exp, name, profile, cfg, tables, ordered, wall=wall, runs=len(specs),
-                       reused=reused, failures=failures, observations=observations, data=data)
-    write_json(store.root / "summary.json", summary)
+    try:
+        (store.root / "summary.json").unlink(missing_ok=True)  # incomplete until rewritten
+        atomic_write_text(store.root / "config.toml", configs.to_toml(cfg))
+        tables = exp.analyze(cfg, ordered)
+        for tname, df in tables.items():
+            store.write_table(tname, df)
+        figures = exp.figures(cfg, tables)
+        for fname, fig in figures.items():
+            store.write_figure(fname, fig)
+        observations = exp.observations(cfg, tables)
+        wall = time.perf_counter() - t0
+        env = environment(dev, n_threads, ex.name, ex.workers)
+        env["data"] = data  # what was trained on: verified MNIST or other data (never confused)
+        env["wall_s"] = round(wall, 3)
+        write_json(store.root / "env.json", env)
+        summary = _summary(exp, name, profile, cfg, tables, ordered, wall=wall, runs=len(specs),
+                           reused=reused, failures=failures, observations=observations,
+                           data=data)
+        write_json(store.root / "summary.json", summary)  # last: marks the folder finished
+    except OSError as exc:
+        raise OutputFailed(f"{name}: writing results to {store.root} failed "
+                           f"({exc.strerror or exc}); the folder has no summary.json (incomplete)"
+                           f"; rerun with space to complete it ({len(ordered)} stored runs are "
+                           "reused)") from exc
     log(f"{name}: done in {wall:.1f} s -> {store.root}")
     return ExperimentResult(name=name, path=store.root, config=cfg, tables=tables,
                             figures=figures, observations=observations, summary=summary)

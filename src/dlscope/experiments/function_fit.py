@@ -72,12 +72,12 @@ class Config(ExperimentConfig):
     @field_validator("functions")
     @classmethod
     def _known_functions(cls, value: list[str]) -> list[str]:
-        from dlscope.data.functions import resolve
+        from dlscope.data.functions import check_target
         from dlscope.errors import UserError
 
         for spec in value:
             try:
-                resolve(spec)
+                check_target(spec)  # finite on a dense grid of its domain, before any run
             except UserError as exc:
                 raise ValueError(str(exc)) from None
         return value
@@ -299,6 +299,15 @@ def _log_losses(res: pd.DataFrame, fn: str, model: str) -> pd.Series:
     return g.log10_final_loss[~_failed(g)]
 
 
+def diff_text(d: stats.Difference, order: list[str]) -> str:
+    """`d.text()`, or which depth has no run that finished without collapsing or diverging."""
+    none = [m for m, n in ((order[-1], d.n_b), (order[0], d.n_a)) if n == 0]
+    if none:
+        return (f"no difference: no run of {' or '.join(none)} finished without collapsing or "
+                "diverging")
+    return d.text()
+
+
 def statistics(cfg: Config, tables) -> dict:
     """The numbers over seeds behind the verdicts and observations (summary.json)."""
     res = tables["results"]
@@ -333,7 +342,8 @@ def verdicts(cfg: Config, tables) -> list[stats.Verdict]:
         d = stats.compare(_log_losses(res, fn, order[0]), _log_losses(res, fn, order[-1]))
         out.append(stats.Verdict(
             f"{claim}: {fn}", SOURCE, published,
-            f"mean log10 MSE {order[-1]} − {order[0]}: {d.text()} ({d.n_b} and {d.n_a} seeds "
+            f"mean log10 MSE {order[-1]} − {order[0]}: {diff_text(d, order)} ({d.n_b} and "
+            f"{d.n_a} seeds "
             "that did not collapse or diverge)", stats.DIFFERENCE_RULE,
             stats.outcome_of_difference(d, expected_sign=-1)))
     return out
@@ -362,7 +372,7 @@ def observations(cfg: Config, tables) -> list[str]:
         d = st["deep_minus_shallow_log10_loss"][fn]
         diff = stats.Difference(d["n_a"], d["n_b"], d["diff"], d["lo"], d["hi"], d["p_value"])
         out.append(f"{fn}: median final MSE " + "; ".join(parts) + f". {order[-1]} − "
-                   f"{order[0]} in log10 MSE: {diff.text()}.")
+                   f"{order[0]} in log10 MSE: {diff_text(diff, order)}.")
     return out
 
 

@@ -29,7 +29,7 @@ from pydantic import Field, field_validator
 from dlscope import models, plotting
 from dlscope.contract.config import ExperimentConfig
 from dlscope.contract.runspec import RunResult, RunSpec
-from dlscope.data.functions import resolve as resolve_function
+from dlscope.data.functions import check_target
 from dlscope.errors import UserError
 from dlscope.experiments import stats
 from dlscope.train.engine import TrainConfig, seeded_model, train
@@ -71,7 +71,7 @@ class Config(ExperimentConfig):
     @classmethod
     def _function(cls, v: str) -> str:
         try:
-            resolve_function(v)
+            check_target(v)  # finite on a dense grid of its domain, before any run
         except UserError as e:
             raise ValueError(str(e)) from None
         return v

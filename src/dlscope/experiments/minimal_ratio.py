@@ -109,9 +109,9 @@ class Config(ExperimentConfig):
         elif d != 1:
             raise ValueError(f"a function target needs a 1-D input model, not {self.model}")
         else:
-            from dlscope.data.functions import resolve
+            from dlscope.data.functions import check_target
 
-            resolve(self.target)  # UserError for an unknown function
+            check_target(self.target)  # UserError: unknown, or not finite on its domain
         return self
 
 

@@ -10,8 +10,11 @@ that end there:
 - the environment variable `DLSCOPE_PLUGINS=mypkg.myexp,other.exp` (module paths);
 - an entry point in the group `dlscope.experiments` of an installed package, e.g. in its
   pyproject.toml: `[project.entry-points."dlscope.experiments"]` `myexp = "mypkg.myexp"`;
-- `dlscope.load(DIR)` imports the module that DIR/summary.json records, when its experiment
-  is not registered yet.
+- `dlscope.load(DIR, plugins=["mypkg.myexp"])`.
+
+A results folder is data: the module its summary.json records is never imported because the
+folder names it; `dlscope.load` refuses, in one line naming the module, until the user
+names it by one of the routes above.
 
 Modules are imported only when asked for (`get`), so `dlscope list` does not load torch
 nine times over for nothing and a broken module breaks only itself.

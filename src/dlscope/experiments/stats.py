@@ -157,7 +157,7 @@ def interval(values: Iterable[float], method: Literal["t", "bootstrap"] = "t",
 
 
 def brief(values: Iterable[float], fmt: str = ".3g", scale: float = 1.0, *,
-          few: str = "(no interval)", empty: str | None = None) -> str:
+          few: str = "(no interval)", empty: str = "no finished runs") -> str:
     """'median [lo, hi]' of the finite `values` (95% t-interval of the mean), for the sentences
     of an experiment's observations; `Interval.text` is the long form, with method and seeds.
 
@@ -167,7 +167,7 @@ def brief(values: Iterable[float], fmt: str = ".3g", scale: float = 1.0, *,
         scale: Factor applied to each number first (100 for a percentage).
         few: Written after the median when there is no interval (fewer than `MIN_SEEDS`
             finite values).
-        empty: The whole text when no value is finite; None: the median (nan) and `few`.
+        empty: The whole text when no value is finite (never a "nan").
 
     Returns:
         'median [lo, hi]', or 'median few' without an interval, or `empty`.
@@ -178,10 +178,10 @@ def brief(values: Iterable[float], fmt: str = ".3g", scale: float = 1.0, *,
         >>> brief([0.97, 0.98, 0.99], ".2f", 100)
         '98.00 [95.52, 100.48]'
         >>> brief([0.5], few="(1 seed)"), brief([]), brief([], empty="n/a")
-        ('0.5 (1 seed)', 'nan (no interval)', 'n/a')
+        ('0.5 (1 seed)', 'no finished runs', 'n/a')
     """
     i = interval(values)
-    if i.n == 0 and empty is not None:
+    if i.n == 0:
         return empty
     med = f"{i.median * scale:{fmt}}"
     if i.n < MIN_SEEDS or not math.isfinite(i.lo):
@@ -253,16 +253,23 @@ class Difference:
 
         Returns:
             'difference +d [+lo, +hi] (95%, p = p)', followed by ': no clear difference'
-            when the interval covers zero; without an interval '(too few seeds ...)'.
+            when the interval covers zero; with one seed on a side 'difference +d (one seed
+            on a side: no interval)'; with none on a side, why there is no difference.
 
         Example:
             >>> compare([1, 2, 3], [4, 5, 6]).text()
             'difference +3 [+0.733, +5.27] (95%, p = 0.1)'
             >>> compare([1.0], [2.0]).text(".2f", 100, " pts")
-            'difference +100.00 pts (too few seeds for an interval)'
+            'difference +100.00 pts (one seed on a side: no interval)'
+            >>> compare([], [2.0, 3.0]).text()
+            'no difference: no finished run on one side (0 vs 2 runs)'
         """
+        if not math.isfinite(self.diff):
+            return (f"no difference: no finished run on one side ({self.n_a} vs {self.n_b} "
+                    "runs)")
         if not math.isfinite(self.lo):
-            return f"difference {self.diff * scale:+{fmt}}{unit} (too few seeds for an interval)"
+            return (f"difference {self.diff * scale:+{fmt}}{unit} (one seed on a side: no "
+                    "interval)")
         s = (f"difference {self.diff * scale:+{fmt}}{unit} [{self.lo * scale:+{fmt}}, "
              f"{self.hi * scale:+{fmt}}] (95%, p = {self.p_value:.2g})")
         return s if self.clear else s + ": no clear difference"

@@ -1,22 +1,21 @@
 """weight-pca (HW1 1-2, visualize the optimization process): what path do the weights take?
 
 Setup: 8 independent trainings (fresh init and batch-order seed each) of the 784-128-64-10
-MLP on flattened MNIST, Adam 1e-3, batch 64, 24 epochs; every 3 epochs (epoch 0 included)
-the parameters are collected and evaluated (loss/accuracy on a fixed 10,000-image train
-subset, accuracy on the test set). A PCA fitted jointly on all collected vectors maps them to
-2-D, once for the whole model and once for layer 1's weight matrix; points are coloured by
-run, joined in epoch order and labelled with their loss.
+MLP on flattened MNIST, Adam 1e-3, batch 64, 24 epochs; the parameters are collected every
+epoch (25 snapshots, epoch 0 included; the assignment's every 3 epochs gives 9) and scored
+(loss/accuracy on a fixed 10,000-image train subset, accuracy on the test set). A PCA fitted
+jointly on all snapshots maps them to 2-D, for the whole model and for layer 1's weights;
+points are coloured by run, joined in epoch order and labelled with their loss.
 
-Beyond the assignment (Li et al. 2018, arXiv:1712.09913): for run 0, θ_t − θ_final is
-projected on that run's top two PCA directions and the training loss (5,000-image subset) is
-drawn on the plane they span, with the trajectory on top. Li et al. find 40–90% of a
-trajectory's variance in its first two directions.
+Beyond the assignment (Li et al. 2018, arXiv:1712.09913): for run 0 the training loss is drawn
+on the plane of that run's top two PCA directions of θ_t − θ_final. Li et al. find 40–90% of a
+trajectory's variance in its first two directions; the share is computed per run (whole model
+and layer 1), summarised over the runs (the seeds) with a 95% t-interval, and set beside a
+random walk's (Antognini & Sohl-Dickstein 2018, arXiv:1806.08805; ~76% for 25 snapshots):
+weight_pca_null.py, dlscope.metrics.random_walk.
 
 Expected: every run leaves its own initialization in its own direction (the joint PCA mostly
 separates runs); the loss falls fast in the first epochs; test accuracy ~97.5–98% for all runs.
-Li et al. 2018 find 40–90% of a trajectory's variance in its first two PCA directions: the
-fraction is computed for every run (its own θ_t − θ_final, whole model and layer 1) and
-summarised over the runs, which are this experiment's seeds, with a 95% t-interval.
 """
 
 from __future__ import annotations
@@ -36,8 +35,10 @@ from dlscope import models, plotting
 from dlscope.contract.config import ExperimentConfig
 from dlscope.contract.runspec import RunResult, RunSpec
 from dlscope.experiments import stats
+from dlscope.experiments.weight_pca_null import null_excess, null_figure, null_text
 from dlscope.metrics.flat import flatten_params
-from dlscope.metrics.trajectory import loss_plane, pca, plane_axis
+from dlscope.metrics.random_walk import walk_null
+from dlscope.metrics.trajectory import loss_plane, pca, plane_axis, variance_shares
 from dlscope.train.engine import TrainConfig, evaluate, seeded_model, train
 
 NAME = "weight-pca"
@@ -59,7 +60,7 @@ class Config(ExperimentConfig):
     seeds: int = Field(8, ge=1, description="independent trainings (fresh init and seed each); "
                        "`runs` is accepted as an alias")
     epochs: int = Field(24, ge=1, description="epochs per training")
-    every: int = Field(3, ge=1, description="collect parameters every k epochs (and epoch 0)")
+    every: int = Field(1, ge=1, description="collect parameters every k epochs (and epoch 0)")
     model: str = Field("mlp-pca", description="an MLP spec with input 784 (flattened MNIST)")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate")
     batch_size: int = Field(64, ge=1, description="mini-batch size")
@@ -72,6 +73,8 @@ class Config(ExperimentConfig):
     grid: int = Field(25, ge=5, description="loss-plane grid points per axis (at least)")
     margin: float = Field(0.25, ge=0, description="plane extends this fraction past the path")
     seed: int = Field(0, ge=0, description="run i uses seed + i; data subsets use seed")
+    null_walks: int = Field(8, ge=2, description="simulated random walks per run and scope "
+                            "(the null of the top-2 share)")
 
     @model_validator(mode="before")
     @classmethod
@@ -201,25 +204,29 @@ def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
     meta = pd.DataFrame([{"run": r.values["run"], "seed": r.values["seed"], "epoch": e,
                           **{k: r.arrays[k][j] for k in ("train_loss", "train_acc", "test_acc")}}
                          for r in res for j, e in enumerate(r.arrays["epoch"])])
-    points, var, per_run = [], [], []
-    for scope in SCOPES:
+    points, var, per_run, null = [], [], [], []
+    for j, scope in enumerate(SCOPES):
         sl = [slice(None) if scope == "model" else slice(*r.values["layer1"]) for r in res]
         X = np.concatenate([r.arrays["snapshots"][:, s] for r, s in zip(res, sl)])
         proj, _, ratio, _ = pca(X, 2)
         points.append(meta.assign(scope=scope, pc1=proj[:, 0], pc2=proj[:, 1]))
         for r, sel in zip(res, sl):  # each run's own trajectory, as Li et al.
             snaps = r.arrays["snapshots"][:, sel]
-            if len(snaps) >= 3 and np.isfinite(snaps).all():
-                ratio1 = pca(snaps - snaps[-1], 2)[2]
+            if len(snaps) >= 3 and np.isfinite(snaps).all() and (snaps != snaps[0]).any():
+                ratio1 = variance_shares(snaps)  # centred: as of theta_t - theta_final
                 per_run.append({"scope": scope, "run": r.values["run"], "seed": r.values["seed"],
                                 "status": r.status, "pc1": ratio1[0], "pc2": ratio1[1],
                                 "pc12": ratio1[0] + ratio1[1]})
+                nl = walk_null(snaps, 2, cfg.null_walks, seed=[cfg.seed, r.values["run"], j])
+                null.append({"scope": scope, "run": r.values["run"], **nl,
+                             "training": per_run[-1]["pc12"]})
         var.append({"scope": scope, "fit": f"joint, {len(res)} runs x {len(X) // len(res)} "
                     f"snapshots", "dim": X.shape[1], "pc1": ratio[0], "pc2": ratio[1]})
     cols = ["scope", "run", "seed", "epoch", "pc1", "pc2", "train_loss", "train_acc", "test_acc"]
     tables = {"points": pd.concat(points, ignore_index=True)[cols]}
     if per_run:
         tables["run_variance"] = pd.DataFrame(per_run)
+        tables["null"] = pd.DataFrame(null).assign(excess=lambda d: d.training - d.simulated)
     tables["results"] = pd.DataFrame([{k: r.values[k] for k in (
         "run", "seed", "status", "epochs_run", "params", "train_loss", "train_acc", "test_acc",
         "wall_s")} for r in res])
@@ -253,7 +260,8 @@ def figures(cfg: Config, tables) -> dict:
         for k, (run, g) in enumerate(pts.sort_values("epoch").groupby("run")):
             ax.plot(g.pc1, g.pc2, "-o", ms=4, lw=1, color=colors[k], label=f"run {run}")
             ax.plot(g.pc1.iloc[:1], g.pc2.iloc[:1], "o", ms=8, mfc="none", color=colors[k])
-            for x, y, v in zip(g.pc1, g.pc2, g[cfg.annotate]):
+            lab = g.iloc[sorted({*range(0, len(g), -(-len(g) // 9)), len(g) - 1})]  # <= 10
+            for x, y, v in zip(lab.pc1, lab.pc2, lab[cfg.annotate]):
                 ax.annotate(_label(cfg.annotate, v), (x, y), fontsize=6, xytext=(2, 2),
                             textcoords="offset points", color=colors[k])
         what = {"train_loss": "train loss", "train_acc": "train acc. %",
@@ -284,6 +292,8 @@ def figures(cfg: Config, tables) -> dict:
                         f"({100 * v.pc12:.1f}% of its variance)", "α (direction 1, weight units)",
                         "β (direction 2, weight units)")
         figs["landscape"] = fig
+    if "null" in tables:
+        figs["null"] = null_figure(tables["null"], SCOPES, LI_RANGE)
     return figs
 
 
@@ -314,6 +324,8 @@ def observations(cfg: Config, tables) -> list[str]:
                    f"on the {land.alpha.nunique()}x{land.beta.nunique()} grid the loss ranges "
                    f"{land.loss.min():.3g}-{land.loss.max():.3g}, {origin.loss:.3g} at the final "
                    f"weights, lowest at (alpha, beta) = ({low.alpha:.3g}, {low.beta:.3g}).")
+    if "null" in tables:
+        out += [f"{SCOPES[sc].capitalize()}: {null_text(tables, sc)}." for sc in SCOPES]
     if "run_variance" in tables:
         rv = tables["run_variance"]
         per = "; ".join(f"{SCOPES[sc]} {stats.brief(g.pc12, '.1f', 100)}%, range "
@@ -323,11 +335,15 @@ def observations(cfg: Config, tables) -> list[str]:
                    f"its top two PCA directions, median [95% t-interval of the mean] over "
                    f"{rv.run.nunique()} runs: {per} (Li et al. 2018: 40-90%).")
     ok = res[res.status.isin(["ok", "converged"])]
-    out.append(f"After {int(res.epochs_run.max())} epochs, median [95% t-interval of the mean] "
-               f"over {len(ok)} runs: train loss {stats.brief(ok.train_loss)}, train accuracy "
-               f"{stats.brief(ok.train_acc, '.2f', 100)}% ({cfg.eval_subset}-image subset), "
-               f"test accuracy {stats.brief(ok.test_acc, '.2f', 100)}% (min "
-               f"{100 * ok.test_acc.min():.2f}%, max {100 * ok.test_acc.max():.2f}%).")
+    if not len(ok):
+        out.append(f"No run finished its {int(res.epochs_run.max())} epochs without diverging: "
+                   "no final loss or accuracy to summarise.")
+    else:
+        out.append(f"After {int(res.epochs_run.max())} epochs, median [95% t-interval of the "
+                   f"mean] over {len(ok)} runs: train loss {stats.brief(ok.train_loss)}, train "
+                   f"accuracy {stats.brief(ok.train_acc, '.2f', 100)}% ({cfg.eval_subset}-image "
+                   f"subset), test accuracy {stats.brief(ok.test_acc, '.2f', 100)}% (min "
+                   f"{100 * ok.test_acc.min():.2f}%, max {100 * ok.test_acc.max():.2f}%).")
     bad = res[~res.status.isin(["ok", "converged"])]
     if len(bad):
         out.append(f"Runs not ok: {', '.join(f'{r.run} ({r.status})' for r in bad.itertuples())}.")
@@ -351,6 +367,9 @@ def statistics(cfg: Config, tables) -> dict:
     if "run_variance" in tables:
         out["run_pc12"] = {sc: stats.interval(g.pc12).to_dict()
                            for sc, g in tables["run_variance"].groupby("scope", sort=False)}
+    if "null" in tables:
+        out["null_excess"] = {sc: {**null_excess(tables, sc)[0].to_dict(), "says":
+                                   null_excess(tables, sc)[1]} for sc in SCOPES}
     return out
 
 
@@ -367,7 +386,8 @@ def verdicts(cfg: Config, tables) -> list[stats.Verdict]:
     g = rv[rv.scope == "model"]
     iv = stats.interval(g.pc12)
     text = (f"whole model, per run: {iv.text('.1f', 100, '%')}, range "
-            f"{100 * g.pc12.min():.1f}-{100 * g.pc12.max():.1f}%")
+            f"{100 * g.pc12.min():.1f}-{100 * g.pc12.max():.1f}%"
+            + (f"; beside a random walk: {null_text(tables)}" if "null" in tables else ""))
     lo, hi = LI_RANGE
     if iv.n < stats.MIN_SEEDS:
         outcome = "inconclusive"
@@ -394,6 +414,10 @@ def headline(cfg: Config, tables) -> dict:
     """A few numbers that summarise this run (summary.json's headline)."""
     var, res = tables["variance"].set_index("scope"), tables["results"]
     out = {f"{s}_pc12_var": float(var.loc[s].pc12) for s in var.index}
-    out.update(test_acc_mean=float(res.test_acc.mean()),
-               train_loss_mean=float(res.train_loss.mean()))
+    ok = res[res.status.isin(["ok", "converged"])]
+    if "null" in tables and null_excess(tables)[0].n:
+        out["model_pc12_minus_null"] = null_excess(tables)[0].mean
+    if len(ok):
+        out.update(test_acc_mean=float(ok.test_acc.mean()),
+                   train_loss_mean=float(ok.train_loss.mean()))
     return out

@@ -8,6 +8,8 @@
 - :func:`loss_plane` evaluates ``L(center + α·d1 + β·d2)`` on a grid (Li et al. 2018,
   arXiv:1712.09913), batching grid points with ``torch.func.functional_call`` under
   ``vmap`` and ``inference_mode``, in eval mode.
+- :func:`variance_shares`: every component's share of a trajectory's variance (centred PCA),
+  also for a trajectory of rank below 2 (a straight line).
 - :func:`plane_axis` gives a grid axis that contains 0 exactly (the centre itself).
 """
 
@@ -23,7 +25,7 @@ from torch.func import functional_call, vmap
 from dlscope.errors import UserError
 from dlscope.metrics.flat import flatten_params
 
-__all__ = ["loss_plane", "pca", "plane_axis"]
+__all__ = ["loss_plane", "pca", "plane_axis", "variance_shares"]
 
 
 def pca(X, k: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -77,6 +79,37 @@ def pca(X, k: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     comps = comps * np.where(signs == 0, 1.0, signs)[:, None]
     ratio = var / total
     return Xc @ comps.T, comps, ratio, mean
+
+
+def variance_shares(X) -> np.ndarray:
+    """The explained-variance shares of the centred PCA of the rows of ``X [n, P]``.
+
+    Args:
+        X: The rows (n ≥ 2, finite, not all equal).
+
+    Returns:
+        ``[min(n − 1, P)]`` shares, decreasing, summing to 1 (float64; zeros past the rank).
+
+    Raises:
+        UserError: a bad shape, non-finite data or rows that are all equal.
+
+    A straight line has everything in one direction:
+
+    >>> variance_shares([[0.0, 0.0], [1.0, 2.0], [3.0, 6.0]])
+    array([1., 0.])
+    """
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[0] < 2 or not np.isfinite(X).all():
+        raise UserError(f"variance_shares: need >= 2 finite rows, got shape {X.shape}")
+    Xc = X - X.mean(axis=0)
+    if X.shape[0] <= X.shape[1]:
+        ev = np.linalg.eigvalsh(Xc @ Xc.T)[::-1]
+    else:
+        ev = np.linalg.svd(Xc, compute_uv=False) ** 2
+    ev = np.clip(ev[:min(X.shape[0] - 1, X.shape[1])], 0.0, None)
+    if not ev.sum() > 0:
+        raise UserError("variance_shares: the rows are all equal")
+    return ev / ev.sum()
 
 
 def plane_axis(lo: float, hi: float, n: int) -> np.ndarray:

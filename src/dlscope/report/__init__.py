@@ -8,6 +8,7 @@ config.toml, env.json, *.csv, figures/*.png); no training and no experiment code
     sections.py   one experiment's section
     page.py       header, contents, parts, the page; build_report
     style.css     screen and print styles, inlined into the page
+    pdf.py        report.pdf: the page printed by headless Chromium (`write_pdf`)
 """
 
 from dlscope.report.page import build_report

@@ -25,13 +25,14 @@ def href(path: str) -> str:
 
 
 def fmt_number(v: float) -> str:
-    """Four significant digits; integral values as integers; thousands separated from 10^4."""
+    """Four significant digits; integral values as integers; thousands separated from 10^4;
+    a value that could not be computed (NaN) as "—" (no value), never "NaN"."""
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, int):
         return f"{v:,}" if abs(v) >= 10_000 else str(v)
     if math.isnan(v):
-        return "NaN"
+        return "—"
     if math.isinf(v):
         return "∞" if v > 0 else "−∞"
     if v == int(v) and abs(v) < 1e15:
