@@ -254,8 +254,24 @@ def run_experiment(name: str, *, profile: str = "assignment", config_file=None, 
                    executor_options: dict | None = None) -> ExperimentResult:
     """Run one experiment end to end (validate, run what is not stored, write) and return
     its tables, figures and observations as an ExperimentResult."""
+    before = os.environ.get(FACTORY_PATH_ENV)
+    # workers (process, Ray) import user model factories from this folder too, for this run
+    os.environ[FACTORY_PATH_ENV] = os.pathsep.join(p for p in (os.getcwd(), before) if p)
+    try:
+        return _run_experiment(name, profile=profile, config_file=config_file, sets=sets,
+                               overrides=overrides, out=out, executor=executor, workers=workers,
+                               device=device, threads=threads, force=force, progress=progress,
+                               log=log, executor_options=executor_options)
+    finally:
+        if before is None:
+            os.environ.pop(FACTORY_PATH_ENV, None)
+        else:
+            os.environ[FACTORY_PATH_ENV] = before
+
+
+def _run_experiment(name: str, *, profile, config_file, sets, overrides, out, executor, workers,
+                    device, threads, force, progress, log, executor_options) -> ExperimentResult:
     t0 = time.perf_counter()
-    os.environ.setdefault(FACTORY_PATH_ENV, os.getcwd())  # workers import factories from here
     exp = experiments.get(name)
     cfg = configs.resolve(exp, profile, config_file, sets, overrides)
     dev, n_threads, ex, specs = _prepare(exp, exp.runs(cfg), executor, workers, device,

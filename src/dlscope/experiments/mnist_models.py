@@ -274,7 +274,8 @@ def statistics(cfg: Config, tables) -> dict:
     for model, g in _per_model(res).items():
         ok = _ok(g)
         out["models"][model] = {
-            "params": int(g.params.iloc[0]), "fc_layers": int(g.fc_layers.iloc[0]),
+            "params": int(g.params.iloc[0]),
+            "fc_layers": None if pd.isna(g.fc_layers.iloc[0]) else int(g.fc_layers.iloc[0]),
             **{k: stats.interval(ok[k]).to_dict() for k in METRICS},
             "below_target": int((ok.test_acc < cfg.target_acc).sum()),
             **stats.failure_rates(g.status, failed=("diverged",))}
