@@ -35,11 +35,22 @@ from dlscope import models, plotting
 from dlscope.contract.config import ExperimentConfig
 from dlscope.contract.runspec import RunResult, RunSpec
 from dlscope.experiments import stats
+from dlscope.experiments.inputs import (
+    DATA_HELP,
+    Data,
+    Model,
+    build_model,
+    check_data,
+    check_model,
+    is_factory,
+    setup,
+    tag,
+)
 from dlscope.experiments.weight_pca_null import null_excess, null_figure, null_text
 from dlscope.metrics.flat import flatten_params
 from dlscope.metrics.random_walk import walk_null
 from dlscope.metrics.trajectory import loss_plane, pca, plane_axis, variance_shares
-from dlscope.train.engine import TrainConfig, evaluate, seeded_model, train
+from dlscope.train.engine import TrainConfig, evaluate, train
 
 NAME = "weight-pca"
 SECTION = "1-2"
@@ -61,10 +72,12 @@ class Config(ExperimentConfig):
                        "`runs` is accepted as an alias")
     epochs: int = Field(24, ge=1, description="epochs per training")
     every: int = Field(1, ge=1, description="collect parameters every k epochs (and epoch 0)")
-    model: str = Field("mlp-pca", description="an MLP spec with input 784 (flattened MNIST)")
+    model: Model = Field("mlp-pca", description="an MLP spec (sizes adapt to the data) or a "
+                         "factory py:module:function; layer 1 is its first Linear/Conv layer")
+    data: Data = Field("mnist", description=DATA_HELP)
     lr: float = Field(1e-3, gt=0, description="Adam learning rate")
     batch_size: int = Field(64, ge=1, description="mini-batch size")
-    train_subset: int | None = Field(None, ge=1, le=60000, description="train on n images")
+    train_subset: int | None = Field(None, ge=1, description="train on n images")
     eval_subset: int = Field(10000, ge=1, description="train images each snapshot is scored on")
     annotate: Literal["train_loss", "train_acc", "test_acc"] = Field(
         "train_loss", description="the number written next to each PCA point")
@@ -86,11 +99,16 @@ class Config(ExperimentConfig):
 
     @field_validator("model")
     @classmethod
-    def _mlp(cls, v: str) -> str:
-        spec = models.parse_model(v)
-        if not isinstance(spec, models.MLPSpec) or spec.input_dim != 784 or spec.output_dim != 10:
-            raise ValueError(f"{v!r} is not an MLP with input 784 and output 10")
+    def _mlp(cls, v: Model) -> Model:
+        check_model(v)
+        if not is_factory(v) and not isinstance(models.parse_model(v), models.MLPSpec):
+            raise ValueError(f"{v!r} is not an MLP (or a factory py:module:function)")
         return v
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, v: Data) -> Data:
+        return check_data(v)
 
     @model_validator(mode="after")
     def _snapshots(self):
@@ -116,12 +134,14 @@ def eval_indices(n_train: int, n: int, seed: int) -> np.ndarray:
 
 def runs(cfg: Config) -> list[RunSpec]:
     tc = TrainConfig(lr=cfg.lr, batch_size=cfg.batch_size, epochs=cfg.epochs, eval_test=False)
-    data = {"kind": "mnist", "flatten": True, "train_subset": cfg.train_subset, "seed": cfg.seed}
+    su = setup(cfg.model, cfg.data, {"train_subset": cfg.train_subset, "seed": cfg.seed}, NAME,
+               deterministic=cfg.landscape)
+    data = su.data
     land = {"subset": cfg.landscape_subset, "grid": cfg.grid, "margin": cfg.margin}
-    spec = models.parse_model(cfg.model).model_dump(mode="json")
     return [RunSpec(NAME, f"run={i}", __name__,
-                    {"run": i, "seed": cfg.seed + i, "model": spec, "train": tc.model_dump(),
-                     "every": cfg.every, "data": data, "eval_subset": cfg.eval_subset,
+                    {"run": i, "seed": cfg.seed + i, "model": su.model, "train": tc.model_dump(),
+                     "every": cfg.every, "data": data, "data_name": tag(su.info),
+                     "eval_subset": cfg.eval_subset,
                      "landscape": land if (i == 0 and cfg.landscape) else None}, group="mlp",
                     data=data)
             for i in range(cfg.seeds)]
@@ -129,7 +149,7 @@ def runs(cfg: Config) -> list[RunSpec]:
 
 def _prepare(p: dict, ds, device):
     """One run's fresh model, config, snapshot callback and snapshot store."""
-    model = seeded_model(lambda: models.build(p["model"]), p["seed"]).to(device)
+    model = build_model(p, ds, p["seed"], device)
     idx = torch.from_numpy(eval_indices(ds.n_train, p["eval_subset"], p["data"]["seed"]))
     xs, ys = ds.x_train[idx.to(ds.x_train.device)], ds.y_train[idx.to(ds.x_train.device)]
     tc = TrainConfig(**p["train"])
@@ -167,7 +187,8 @@ def run_many(ps: list[dict], ctx) -> list[RunResult]:
 
 def _finish(p: dict, ds, model, res, state) -> RunResult:
     idx, snaps, rows = state
-    first = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    first = next(m for m in model.modules()
+                 if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)))
     offset = 0
     for prm in model.parameters():
         if prm is first.weight:
@@ -227,9 +248,10 @@ def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
     if per_run:
         tables["run_variance"] = pd.DataFrame(per_run)
         tables["null"] = pd.DataFrame(null).assign(excess=lambda d: d.training - d.simulated)
-    tables["results"] = pd.DataFrame([{k: r.values[k] for k in (
+    tables["results"] = pd.DataFrame([{**{k: r.values[k] for k in (
         "run", "seed", "status", "epochs_run", "params", "train_loss", "train_acc", "test_acc",
-        "wall_s")} for r in res])
+        "wall_s")}, "data": getattr(spec, "params", {}).get("data_name", "MNIST")}
+        for spec, r in results])
     land = next((r for r in res if "plane_loss" in r.arrays), None)
     if land is not None:
         a, b = np.meshgrid(land.arrays["plane_alpha"], land.arrays["plane_beta"], indexing="ij")
@@ -375,7 +397,9 @@ def statistics(cfg: Config, tables) -> dict:
 
 def verdicts(cfg: Config, tables) -> list[stats.Verdict]:
     """The published claims this run tests, each with its outcome."""
-    published = f"{100 * LI_RANGE[0]:.0f}-{100 * LI_RANGE[1]:.0f}% in the first two directions"
+    published = stats.published_for(
+        f"{100 * LI_RANGE[0]:.0f}-{100 * LI_RANGE[1]:.0f}% in the first two directions",
+        "CIFAR-10", stats.data_of(tables.get("results", pd.DataFrame())))
     snaps = len(snapshot_epochs(cfg.epochs, cfg.every))
     if under_trained(cfg) or snaps < 4 or "run_variance" not in tables:
         why = (f"{cfg.train_subset or 60000:,} images, {cfg.epochs} epochs, {snaps} snapshots: "
