@@ -152,3 +152,32 @@ def test_bad_npz_is_one_line_and_exit_2(bad, words, tmp_path):
     line = _one_line(res)
     assert res.returncode == 2 and words.lower() in line.lower(), line
     assert not (tmp_path / "out").exists()
+
+
+EVERY = {"random-labels": {"train_subset": 0, "epochs": 1},
+         "param-count": {"train_subset": 0, "epochs": 1, "widths": [2, 8]},
+         "mnist-models": {"train_subset": 120, "epochs": 1, "models": ["cnn:4/k3p1/fc16"]},
+         "weight-pca": {"train_subset": 120, "epochs": 2, "every": 1, "grid": 5,
+                        "landscape_subset": 50, "eval_subset": 50, "seeds": 2},
+         "grad-norm": {"tasks": ["mnist"], "train_subset": 120, "mnist_epochs": 1},
+         "curvature": {"train_subset": 120, "epochs": 1, "checkpoints": [0, 1],
+                       "hessian_subset": 50, "density_steps": 5, "trace_probes": 4},
+         "interpolation": SMALL["interpolation"], "sensitivity": SMALL["sensitivity"]}
+
+
+@pytest.mark.parametrize("name", list(EVERY))
+def test_every_image_experiment_on_npz_data(name, tmp_path):
+    """Each image experiment runs on 8x8 one-channel images of 4 classes: its default model
+    adapts (or its family is rebuilt for the shape), and env.json names the npz file."""
+    path = _npz(tmp_path / "mine.npz")
+    dlscope.run(name, profile="quick", out=tmp_path / "out", progress=False,
+                data=f"npz:{path}", executor="local", **EVERY[name])
+    root = tmp_path / "out" / name
+    env = json.loads((root / "env.json").read_text())
+    assert [d["data"] for d in env["data"]] == ["npz"]
+    spec = json.loads(next((root / "runs").glob("*/spec.json")).read_text())
+    model = spec["params"].get("model", {})
+    if model.get("kind") == "mlp":
+        assert (model["input_dim"], model["output_dim"]) == (64, 4)
+    elif model.get("kind") == "cnn":
+        assert (model["in_channels"], model["input_size"], model["n_classes"]) == (1, 8, 4)

@@ -29,10 +29,21 @@ from dlscope import models, plotting
 from dlscope.contract.config import ExperimentConfig
 from dlscope.contract.runspec import RunResult, RunSpec
 from dlscope.experiments import stats
+from dlscope.experiments.inputs import (
+    DATA_HELP,
+    MODEL_HELP,
+    Data,
+    Model,
+    build_model,
+    check_data,
+    check_model,
+    setup,
+    tag,
+)
 from dlscope.metrics.density import hessian_density, smooth
 from dlscope.metrics.hessian import extreme_eigenvalues
 from dlscope.metrics.trace import hessian_trace
-from dlscope.train.engine import TrainConfig, seeded_model, train
+from dlscope.train.engine import TrainConfig, train
 
 NAME = "curvature"
 SECTION = "1-2"
@@ -51,7 +62,19 @@ BAND, MASS_MIN, RATIO_MIN = 0.01, 0.9, 10.0
 class Config(ExperimentConfig):
     """Settings of the curvature experiment; defaults: the assignment profile."""
     seeds: int = Field(3, ge=1, description="seeds 0..n-1 (init, batch order and subset)")
-    train_subset: int = Field(4000, ge=64, le=60000, description="MNIST training images")
+    train_subset: int = Field(4000, ge=64, description="training images (seeded subset)")
+    model: Model = Field(MODEL, description=MODEL_HELP + "; no dropout or BatchNorm")
+    data: Data = Field("mnist", description=DATA_HELP)
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: Model) -> Model:
+        return check_model(v)
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, v: Data) -> Data:
+        return check_data(v)
     epochs: int = Field(6, ge=1, description="Adam epochs")
     batch: int = Field(64, ge=1, description="mini-batch size")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate")
@@ -85,11 +108,14 @@ PROFILES = {"quick": {"seeds": 2, "train_subset": 2000, "epochs": 2,
 
 
 def runs(cfg: Config) -> list[RunSpec]:
+    su = setup(cfg.model, cfg.data, {"train_subset": cfg.train_subset}, NAME,
+               deterministic=True)
+
     def data(s: int) -> dict:
-        return {"kind": "mnist", "flatten": True, "train_subset": cfg.train_subset, "seed": s}
+        return {**su.data, "seed": s}
 
     return [RunSpec(NAME, f"seed{s}", __name__, {
-        "seed": s, "model": models.parse_model(MODEL).model_dump(mode="json"), "data": data(s),
+        "seed": s, "model": su.model, "data": data(s), "data_name": tag(su.info),
         "train": TrainConfig(lr=cfg.lr, batch_size=cfg.batch, epochs=cfg.epochs,
                              eval_test=False).model_dump(),
         "checkpoints": cfg.checkpoints, "hessian_subset": cfg.hessian_subset,
@@ -97,10 +123,14 @@ def runs(cfg: Config) -> list[RunSpec]:
         "trace": [cfg.trace_probes, cfg.trace_rtol]}, data=data(s)) for s in range(cfg.seeds)]
 
 
+def _model_name(cfg: Config) -> str:
+    return cfg.model if isinstance(cfg.model, str) else str(cfg.model.get("factory"))
+
+
 def run_one(p: dict, ctx) -> RunResult:
     """Train one seed and measure the spectrum at its checkpoints."""
     ds = ctx.dataset(p["data"])
-    model = seeded_model(lambda: models.build(p["model"]), p["seed"]).to(ctx.device)
+    model = build_model(p, ds, p["seed"], ctx.device)
     n = p["hessian_subset"]
     data = (ds.x_train[:n], ds.y_train[:n])
     first, last = min(p["checkpoints"]), max(p["checkpoints"])
@@ -176,7 +206,7 @@ def figures(cfg: Config, tables) -> dict:
             ax_t.plot(g.epoch, g[col], "o-", color=color, alpha=0.7, ms=3,
                       label=label if seed == res.seed.min() else None)
     ax_t.set_yscale("log")
-    plotting.finish(ax_t, f"{MODEL}, Hessian on {cfg.hessian_subset} images", "epoch",
+    plotting.finish(ax_t, f"{_model_name(cfg)}, Hessian on {cfg.hessian_subset} images", "epoch",
                     "λmax, tr H (Hutchinson)")
     return {"density": fig}
 

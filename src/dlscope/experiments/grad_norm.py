@@ -32,7 +32,18 @@ from dlscope.contract.runspec import RunResult, RunSpec
 from dlscope.data.functions import check_target
 from dlscope.errors import UserError
 from dlscope.experiments import stats
-from dlscope.train.engine import TrainConfig, seeded_model, train
+from dlscope.experiments.inputs import (
+    DATA_HELP,
+    MODEL_HELP,
+    Data,
+    Model,
+    build_model,
+    check_data,
+    check_model,
+    setup,
+    tag,
+)
+from dlscope.train.engine import TrainConfig, train
 
 NAME = "grad-norm"
 SECTION = "1-2"
@@ -52,11 +63,12 @@ class Config(ExperimentConfig):
     function_epochs: int = Field(5000, ge=1, description="epochs (= steps when full batch)")
     function_batch: int | None = Field(None, ge=1, description="None: full batch")
     function_lr: float = Field(1e-3, gt=0, description="Adam learning rate (function)")
-    mnist_model: str = Field("cnn-c", description="model for MNIST (1x28x28 -> 10)")
+    mnist_model: Model = Field("cnn-c", description="model of the image task: " + MODEL_HELP)
+    data: Data = Field("mnist", description="the image task's " + DATA_HELP)
     mnist_epochs: int = Field(3, ge=1, description="MNIST epochs")
     mnist_batch: int = Field(100, ge=1, description="MNIST mini-batch size")
     mnist_lr: float = Field(1e-3, gt=0, description="Adam learning rate (MNIST)")
-    train_subset: int | None = Field(None, ge=1, le=60000, description="MNIST: n train images")
+    train_subset: int | None = Field(None, ge=1, description="image task: n train images")
     seeds: int = Field(3, ge=1, description="seeds per task (init and batch order)")
     seed: int = Field(0, ge=0, description="first seed (seeds are seed..seed+seeds-1); data subset")
 
@@ -76,22 +88,27 @@ class Config(ExperimentConfig):
             raise ValueError(str(e)) from None
         return v
 
-    @field_validator("function_model", "mnist_model")
+    @field_validator("function_model")
     @classmethod
-    def _model(cls, v: str, info) -> str:
+    def _model(cls, v: str) -> str:
         try:
             spec = models.parse_model(v)
         except UserError as e:
             raise ValueError(str(e)) from None
-        if info.field_name == "function_model":
-            ok = isinstance(spec, models.MLPSpec) and spec.input_dim == 1 and spec.output_dim == 1
-        elif isinstance(spec, models.CNNSpec):
-            ok = spec.in_channels == 1 and spec.input_size == 28 and spec.n_classes == 10
-        else:
-            ok = spec.input_dim == 784 and spec.output_dim == 10
-        if not ok:
+        if not (isinstance(spec, models.MLPSpec) and spec.input_dim == 1
+                and spec.output_dim == 1):
             raise ValueError(f"model {v!r} does not fit the task's input and output sizes")
         return v
+
+    @field_validator("mnist_model")
+    @classmethod
+    def _image_model(cls, v: Model) -> Model:
+        return check_model(v)  # its sizes are checked against the data by `runs`
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, v: Data) -> Data:
+        return check_data(v)
 
 
 PROFILES = {"quick": {"function_epochs": 1500, "mnist_epochs": 2, "train_subset": 10000,
@@ -109,10 +126,12 @@ def runs(cfg: Config) -> list[RunSpec]:
                              epochs=cfg.function_epochs, eval_test=False)
             model, what = cfg.function_model, cfg.function
         else:
-            data = {"kind": "mnist", "train_subset": cfg.train_subset, "seed": cfg.seed}
+            su = setup(cfg.mnist_model, cfg.data, {"train_subset": cfg.train_subset,
+                                                   "seed": cfg.seed}, NAME)
+            data = {k: v for k, v in su.data.items() if k != "flatten" or v}  # CNN: as before
             tc = TrainConfig(lr=cfg.mnist_lr, batch_size=cfg.mnist_batch,
                              epochs=cfg.mnist_epochs, eval_test=False)
-            model, what = cfg.mnist_model, "MNIST"
+            model, what = su.spec, tag(su.info)
         spec = models.parse_model(model)
         group = task if isinstance(spec, models.MLPSpec) else None  # same-shape MLPs: ensemble
         out += [RunSpec(NAME, f"{task}/seed={s}", __name__, {
@@ -124,7 +143,7 @@ def runs(cfg: Config) -> list[RunSpec]:
 
 def run_one(p: dict, ctx) -> RunResult:
     ds = ctx.dataset(p["data"])
-    model = seeded_model(lambda: models.build(p["model"]), p["seed"]).to(ctx.device)
+    model = build_model(p, ds, p["seed"], ctx.device)
     tc = TrainConfig(**p["train"])
     res = train(model, ds, tc, seed=p["seed"], record_grad_norm=True)
     return _result(ds, tc, model, res)
@@ -137,8 +156,7 @@ def run_many(ps: list[dict], ctx) -> list[RunResult]:
 
     ds = ctx.dataset(ps[0]["data"])
     tcs = [TrainConfig(**p["train"]) for p in ps]
-    nets = [seeded_model(lambda p=p: models.build(p["model"]), p["seed"]).to(ctx.device)
-            for p in ps]
+    nets = [build_model(p, ds, p["seed"], ctx.device) for p in ps]
     results = train_ensemble(nets, ds, tcs, [p["seed"] for p in ps], record_grad_norm=True)
     return [_result(ds, tc, m, r) for tc, m, r in zip(tcs, nets, results)]
 
