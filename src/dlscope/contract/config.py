@@ -130,10 +130,25 @@ class ExperimentConfig(BaseModel):
         return self
 
 
+def _toml_loads(text: str, where: str) -> dict:
+    """tomllib.loads, with what it raises besides TOMLDecodeError as one UserError line: a
+    number of more than 4300 digits (ValueError) and arrays nested past Python's recursion
+    limit (RecursionError)."""
+    try:
+        return tomllib.loads(text)
+    except RecursionError:
+        raise UserError(f"{where}: arrays nested too deeply") from None
+    except tomllib.TOMLDecodeError:
+        raise
+    except ValueError:  # int('9' * 5000): Python's limit on the digits of an integer
+        raise UserError(f"{where}: a number of more than {sys.get_int_max_str_digits()} "
+                        "digits") from None
+
+
 def parse_value(text: str):
     """A `--set` value: TOML syntax when it parses (numbers, booleans, lists), else a string."""
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        return _toml_loads(f"v = {text}", f"--set value {text[:40]!r}")["v"]
     except tomllib.TOMLDecodeError:
         return text
 
@@ -212,7 +227,7 @@ def read_config_file(config_file: str | Path) -> dict:
     except UnicodeDecodeError as exc:
         raise UserError(f"config file {path}: not UTF-8 text (byte {exc.start})") from None
     try:
-        return tomllib.loads(text)
+        return _toml_loads(text, f"config file {path}")
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"config file {path}: not valid TOML ({exc})") from None
 
