@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from decimal import Decimal
 
 from dlscope import models
 from dlscope.data import nbytes as data_nbytes
@@ -33,6 +34,8 @@ def memory_bytes() -> int:
 
 
 def gib(n: float) -> str:
+    if n >= 2**1000:  # an int too large for a float (n_train=9**400)
+        return f"{Decimal(n) / 2**30:.3g} GiB"
     return f"{n / 2**30:.3g} GiB"
 
 
