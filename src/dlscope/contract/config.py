@@ -26,6 +26,7 @@ else:  # pragma: no cover
 
 
 MAX_EPOCHS = 1_000_000  # any field named *epochs: more is a typo, not an experiment
+MAX_LIST_ITEMS = 10_000  # a list value (settings, seeds) longer than this is a typo
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; never read an unbounded one
 
 
@@ -65,16 +66,34 @@ def _strict_scalar(key: str, value, kinds: set) -> None:
         raise ConfigProblem(key, f"expected an integer, got {value!r}")
 
 
+def _first_duplicate(values) -> tuple | None:
+    """(the first value equal to an earlier one,) or None; linear time for hashable values
+    (a list of 10,000 distinct depths is checked at once, not in 50 million comparisons)."""
+    hashed: set = set()
+    other: list = []
+    for v in values:
+        try:
+            if v in hashed:
+                return (v,)
+            hashed.add(v)
+        except TypeError:  # unhashable (a list inside a list)
+            if v in other:
+                return (v,)
+            other.append(v)
+    return None
+
+
 class ExperimentConfig(BaseModel):
     """Base of every experiment config: unknown keys are errors, values are validated.
 
     Generic checks for every experiment (no silent coercions, no meaningless values):
     booleans are not numbers and floats are not integers; numbers are finite; lists are not
     empty and hold no duplicates (unless the field says `json_schema_extra={"duplicates":
-    True}`, for lists whose entries are positional, e.g. one run per entry); seeds are >= 0;
-    `*epochs` at most MAX_EPOCHS; a size field whose memory follows from its value alone says
-    so (`json_schema_extra={"memory": ("data", 8)}`: 8 bytes of data per unit) and must fit
-    in the machine's memory (dlscope.contract.limits)."""
+    True}`, for lists whose entries are positional, e.g. one run per entry); seeds are >= 0
+    and < 2**63; lists hold at most MAX_LIST_ITEMS entries; `*epochs` at most MAX_EPOCHS;
+    a size field whose memory follows from its value alone says so (`json_schema_extra=
+    {"memory": ("data", 8)}`: 8 bytes of data per unit) and must fit in the machine's memory
+    (dlscope.contract.limits)."""
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     @model_validator(mode="before")
@@ -108,15 +127,18 @@ class ExperimentConfig(BaseModel):
             if isinstance(value, (list, tuple)):
                 if not value:
                     raise ConfigProblem(key, "must not be empty")
-                seen = [] if not repeats_ok else None
-                for v in value if seen is not None else ():
-                    if v in seen:
-                        raise ConfigProblem(key, f"{v!r} appears more than once (duplicates "
-                                                 "would collapse or run twice)")
-                    seen.append(v)
+                if len(value) > MAX_LIST_ITEMS:
+                    raise ConfigProblem(key, f"{len(value):,} entries is more than the limit "
+                                             f"{MAX_LIST_ITEMS:,}")
+                dup = None if repeats_ok else _first_duplicate(value)
+                if dup is not None:
+                    raise ConfigProblem(key, f"{dup[0]!r} appears more than once (duplicates "
+                                             "would collapse or run twice)")
             ints = [v for v in items if isinstance(v, int) and not isinstance(v, bool)]
             if (key == "seed" or key.endswith("_seed")) and any(v < 0 for v in ints):
                 raise ConfigProblem(key, f"must be >= 0, got {min(ints)}")
+            if (key == "seed" or key.endswith("_seed")) and any(v >= 2**63 for v in ints):
+                raise ConfigProblem(key, f"must be < 2**63 (torch's seed range), got {max(ints)}")
             if key.endswith("epochs") and any(v > MAX_EPOCHS for v in ints):
                 raise ConfigProblem(key, f"{max(ints)} epochs is more than the limit "
                                          f"{MAX_EPOCHS:,}")
