@@ -24,9 +24,12 @@ def memory_bytes() -> int:
     env = os.environ.get("DLSCOPE_MEMORY_LIMIT")
     if env:
         try:
-            return int(float(env))
-        except ValueError:
+            value = int(float(env))
+        except (ValueError, OverflowError):  # 'lots', 'nan', 'inf'
             raise UserError(f"DLSCOPE_MEMORY_LIMIT={env!r} is not a number of bytes") from None
+        if value <= 0:
+            raise UserError(f"DLSCOPE_MEMORY_LIMIT={env!r}: must be a positive number of bytes")
+        return value
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
