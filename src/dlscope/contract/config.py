@@ -90,7 +90,7 @@ class ExperimentConfig(BaseModel):
     booleans are not numbers and floats are not integers; numbers are finite; lists are not
     empty and hold no duplicates (unless the field says `json_schema_extra={"duplicates":
     True}`, for lists whose entries are positional, e.g. one run per entry); seeds are >= 0
-    and < 2**63; lists hold at most MAX_LIST_ITEMS entries; `*epochs` at most MAX_EPOCHS;
+    and < 2**63; lists (and `seeds` counts) at most MAX_LIST_ITEMS; `*epochs` at most MAX_EPOCHS;
     a size field whose memory follows from its value alone says so (`json_schema_extra=
     {"memory": ("data", 8)}`: 8 bytes of data per unit) and must fit in the machine's memory
     (dlscope.contract.limits)."""
@@ -139,6 +139,9 @@ class ExperimentConfig(BaseModel):
                 raise ConfigProblem(key, f"must be >= 0, got {min(ints)}")
             if (key == "seed" or key.endswith("_seed")) and any(v >= 2**63 for v in ints):
                 raise ConfigProblem(key, f"must be < 2**63 (torch's seed range), got {max(ints)}")
+            if key == "seeds" and any(v > MAX_LIST_ITEMS for v in ints):  # a count of runs
+                raise ConfigProblem(key, f"{max(ints):,} seeds is more than the limit "
+                                         f"{MAX_LIST_ITEMS:,}")
             if key.endswith("epochs") and any(v > MAX_EPOCHS for v in ints):
                 raise ConfigProblem(key, f"{max(ints)} epochs is more than the limit "
                                          f"{MAX_EPOCHS:,}")
