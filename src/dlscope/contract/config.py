@@ -248,7 +248,7 @@ def read_config_file(config_file: str | Path) -> dict:
         raise UserError(f"config file {path}: larger than {MAX_CONFIG_BYTES} bytes; "
                         "not a config file")
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a BOM (Windows editors) is not an error
     except UnicodeDecodeError as exc:
         raise UserError(f"config file {path}: not UTF-8 text (byte {exc.start})") from None
     try:
