@@ -52,7 +52,7 @@ PLUGIN_HELP = ("an experiment module to register, e.g. mypkg.myexp (repeatable; 
 def _plugins(paths: List[str]) -> None:
     from dlscope import experiments
 
-    experiments.discover()  # a broken DLSCOPE_PLUGINS is refused by every command, not only list
+    experiments.available()  # imports DLSCOPE_PLUGINS: a broken one is refused by every command
     experiments.load_plugins(paths)
 
 
