@@ -201,6 +201,14 @@ class Store:
             if pid is None or not _pid_alive(pid) or old:
                 shutil.rmtree(d, ignore_errors=True)
 
+    def _own_dir(self, d: Path) -> Path:
+        """`d`, a real folder: a symlink put in its place (to a folder outside the results)
+        is removed, never written through."""
+        if d.is_symlink():
+            d.unlink()
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
     def write_table(self, name: str, df) -> None:
         atomic_write_text(self.root / f"{name}.csv", df.to_csv(index=False))
 
@@ -209,4 +217,4 @@ class Store:
 
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        atomic_write_bytes(self.root / "figures" / f"{name}.png", buf.getvalue())
+        atomic_write_bytes(self._own_dir(self.root / "figures") / f"{name}.png", buf.getvalue())
