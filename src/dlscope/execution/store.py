@@ -186,8 +186,12 @@ class Store:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     def clean_temp(self, max_age_s: float = 24 * 3600) -> None:
-        """Remove half-written run folders left by a killed process (never the folder of a
-        save in progress in another live process)."""
+        """Remove half-written run folders and `.NAME.PID-HEX.tmp` files left by a killed
+        process (never those of a save in progress in another live process)."""
+        for f in [*self.root.glob(".*.tmp"), *self.root.glob("figures/.*.tmp")]:
+            pid = f.name.rsplit(".", 2)[-2].split("-")[0]  # .NAME.PID-HEX.tmp (dlscope.atomic)
+            if pid.isdigit() and not _pid_alive(int(pid)):  # a killed writer's file
+                f.unlink(missing_ok=True)
         if not self.runs.exists():
             return
         now = time.time()
