@@ -126,7 +126,8 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGKILL,
+                                 pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_workers_die_with_the_main_process(tmp_path, sig):
     args = ["run", "function-fit", "--profile", "quick", "--set", "functions=['sinc']",
             "--set", "depths=[1,2]", "--set", "epochs=500000", "--set", "converge_window=500000",
