@@ -12,7 +12,8 @@ from pathlib import Path
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    # the writer's pid in the name: a rerun removes what a killed writer left (Store.clean_temp)
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp"
     # created like any new file (0666 less the umask): results are meant to be shared, and
     # reading the umask would mean setting it, a process-wide change a library must not make
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)

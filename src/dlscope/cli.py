@@ -52,6 +52,7 @@ PLUGIN_HELP = ("an experiment module to register, e.g. mypkg.myexp (repeatable; 
 def _plugins(paths: List[str]) -> None:
     from dlscope import experiments
 
+    experiments.available()  # imports DLSCOPE_PLUGINS: a broken one is refused by every command
     experiments.load_plugins(paths)
 
 
@@ -247,6 +248,19 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:1000] or "(no message)"
 
 
+def _usage_error(exc) -> None:
+    """A usage error (bad option value, unknown option or command): one line, exit 2; a
+    bare `dlscope` or `dlscope data` prints its help."""
+    if type(exc).__name__ == "NoArgsIsHelpError" or not hasattr(exc, "format_message"):
+        exc.show()
+        sys.exit(2)
+    ctx = getattr(exc, "ctx", None)
+    where = f"{ctx.command_path}: " if ctx is not None else ""
+    typer.echo(f"error: {where}{_one_line(Exception(exc.format_message()))} (see --help)",
+               err=True)
+    sys.exit(2)
+
+
 def main() -> None:
     from dlscope.execution.process_env import configure_openmp
 
@@ -266,12 +280,13 @@ def main() -> None:
         _interrupted()
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click usage errors
+    except typer.Abort:  # typer's form of Ctrl-C
+        _interrupted()
+    except Exception as exc:  # usage errors (typer's own click, or click)
         import click
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(2)
+        if isinstance(exc, (typer.TyperException, click.exceptions.ClickException)):
+            _usage_error(exc)
         if isinstance(exc, click.exceptions.Abort):  # click's form of Ctrl-C
             _interrupted()
         if debug:

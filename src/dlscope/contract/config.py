@@ -26,6 +26,7 @@ else:  # pragma: no cover
 
 
 MAX_EPOCHS = 1_000_000  # any field named *epochs: more is a typo, not an experiment
+MAX_LIST_ITEMS = 10_000  # a list value (settings, seeds) longer than this is a typo
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; never read an unbounded one
 
 
@@ -65,16 +66,34 @@ def _strict_scalar(key: str, value, kinds: set) -> None:
         raise ConfigProblem(key, f"expected an integer, got {value!r}")
 
 
+def _first_duplicate(values) -> tuple | None:
+    """(the first value equal to an earlier one,) or None; linear time for hashable values
+    (a list of 10,000 distinct depths is checked at once, not in 50 million comparisons)."""
+    hashed: set = set()
+    other: list = []
+    for v in values:
+        try:
+            if v in hashed:
+                return (v,)
+            hashed.add(v)
+        except TypeError:  # unhashable (a list inside a list)
+            if v in other:
+                return (v,)
+            other.append(v)
+    return None
+
+
 class ExperimentConfig(BaseModel):
     """Base of every experiment config: unknown keys are errors, values are validated.
 
     Generic checks for every experiment (no silent coercions, no meaningless values):
     booleans are not numbers and floats are not integers; numbers are finite; lists are not
     empty and hold no duplicates (unless the field says `json_schema_extra={"duplicates":
-    True}`, for lists whose entries are positional, e.g. one run per entry); seeds are >= 0;
-    `*epochs` at most MAX_EPOCHS; a size field whose memory follows from its value alone says
-    so (`json_schema_extra={"memory": ("data", 8)}`: 8 bytes of data per unit) and must fit
-    in the machine's memory (dlscope.contract.limits)."""
+    True}`, for lists whose entries are positional, e.g. one run per entry); seeds are >= 0
+    and < 2**63; lists (and `seeds` counts) at most MAX_LIST_ITEMS; `*epochs` at most MAX_EPOCHS;
+    a size field whose memory follows from its value alone says so (`json_schema_extra=
+    {"memory": ("data", 8)}`: 8 bytes of data per unit) and must fit in the machine's memory
+    (dlscope.contract.limits)."""
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     @model_validator(mode="before")
@@ -108,15 +127,21 @@ class ExperimentConfig(BaseModel):
             if isinstance(value, (list, tuple)):
                 if not value:
                     raise ConfigProblem(key, "must not be empty")
-                seen = [] if not repeats_ok else None
-                for v in value if seen is not None else ():
-                    if v in seen:
-                        raise ConfigProblem(key, f"{v!r} appears more than once (duplicates "
-                                                 "would collapse or run twice)")
-                    seen.append(v)
+                if len(value) > MAX_LIST_ITEMS:
+                    raise ConfigProblem(key, f"{len(value):,} entries is more than the limit "
+                                             f"{MAX_LIST_ITEMS:,}")
+                dup = None if repeats_ok else _first_duplicate(value)
+                if dup is not None:
+                    raise ConfigProblem(key, f"{dup[0]!r} appears more than once (duplicates "
+                                             "would collapse or run twice)")
             ints = [v for v in items if isinstance(v, int) and not isinstance(v, bool)]
             if (key == "seed" or key.endswith("_seed")) and any(v < 0 for v in ints):
                 raise ConfigProblem(key, f"must be >= 0, got {min(ints)}")
+            if (key == "seed" or key.endswith("_seed")) and any(v >= 2**63 for v in ints):
+                raise ConfigProblem(key, f"must be < 2**63 (torch's seed range), got {max(ints)}")
+            if key == "seeds" and any(v > MAX_LIST_ITEMS for v in ints):  # a count of runs
+                raise ConfigProblem(key, f"{max(ints):,} seeds is more than the limit "
+                                         f"{MAX_LIST_ITEMS:,}")
             if key.endswith("epochs") and any(v > MAX_EPOCHS for v in ints):
                 raise ConfigProblem(key, f"{max(ints)} epochs is more than the limit "
                                          f"{MAX_EPOCHS:,}")
@@ -130,10 +155,25 @@ class ExperimentConfig(BaseModel):
         return self
 
 
+def _toml_loads(text: str, where: str) -> dict:
+    """tomllib.loads, with what it raises besides TOMLDecodeError as one UserError line: a
+    number of more than 4300 digits (ValueError) and arrays nested past Python's recursion
+    limit (RecursionError)."""
+    try:
+        return tomllib.loads(text)
+    except RecursionError:
+        raise UserError(f"{where}: arrays nested too deeply") from None
+    except tomllib.TOMLDecodeError:
+        raise
+    except ValueError:  # int('9' * 5000): Python's limit on the digits of an integer
+        raise UserError(f"{where}: a number of more than {sys.get_int_max_str_digits()} "
+                        "digits") from None
+
+
 def parse_value(text: str):
     """A `--set` value: TOML syntax when it parses (numbers, booleans, lists), else a string."""
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        return _toml_loads(f"v = {text}", f"--set value {text[:40]!r}")["v"]
     except tomllib.TOMLDecodeError:
         return text
 
@@ -208,11 +248,11 @@ def read_config_file(config_file: str | Path) -> dict:
         raise UserError(f"config file {path}: larger than {MAX_CONFIG_BYTES} bytes; "
                         "not a config file")
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a BOM (Windows editors) is not an error
     except UnicodeDecodeError as exc:
         raise UserError(f"config file {path}: not UTF-8 text (byte {exc.start})") from None
     try:
-        return tomllib.loads(text)
+        return _toml_loads(text, f"config file {path}")
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"config file {path}: not valid TOML ({exc})") from None
 

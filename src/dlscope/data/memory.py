@@ -7,6 +7,7 @@ It lives in the data layer so that loaders can refuse an oversized file before r
 from __future__ import annotations
 
 import os
+from decimal import Decimal
 
 from dlscope.errors import UserError
 
@@ -20,9 +21,12 @@ def memory_bytes() -> int:
     env = os.environ.get("DLSCOPE_MEMORY_LIMIT")
     if env:
         try:
-            return int(float(env))
-        except ValueError:
+            value = int(float(env))
+        except (ValueError, OverflowError):  # 'lots', 'nan', 'inf'
             raise UserError(f"DLSCOPE_MEMORY_LIMIT={env!r} is not a number of bytes") from None
+        if value <= 0:
+            raise UserError(f"DLSCOPE_MEMORY_LIMIT={env!r}: must be a positive number of bytes")
+        return value
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
@@ -31,4 +35,6 @@ def memory_bytes() -> int:
 
 def gib(n: float) -> str:
     """``n`` bytes as text in GiB, e.g. ``"1.5 GiB"``."""
+    if n >= 2**1000:  # an int too large for a float (n_train=9**400)
+        return f"{Decimal(n) / 2**30:.3g} GiB"
     return f"{n / 2**30:.3g} GiB"

@@ -125,6 +125,8 @@ def _device(device: str):
     if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
         raise UserError(f"--device {device!r}: not a device (one of: auto, cpu, cuda, cuda:N, "
                         "mps)")
+    if device == "mps" and not torch.backends.mps.is_available():  # else every run fails
+        raise UserError("--device 'mps': MPS is not available on this machine")
     try:
         return resolve_device(device)
     except RuntimeError as exc:

@@ -186,8 +186,12 @@ class Store:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     def clean_temp(self, max_age_s: float = 24 * 3600) -> None:
-        """Remove half-written run folders left by a killed process (never the folder of a
-        save in progress in another live process)."""
+        """Remove half-written run folders and `.NAME.PID-HEX.tmp` files left by a killed
+        process (never those of a save in progress in another live process)."""
+        for f in [*self.root.glob(".*.tmp"), *self.root.glob("figures/.*.tmp")]:
+            pid = f.name.rsplit(".", 2)[-2].split("-")[0]  # .NAME.PID-HEX.tmp (dlscope.atomic)
+            if pid.isdigit() and not _pid_alive(int(pid)):  # a killed writer's file
+                f.unlink(missing_ok=True)
         if not self.runs.exists():
             return
         now = time.time()
@@ -201,6 +205,14 @@ class Store:
             if pid is None or not _pid_alive(pid) or old:
                 shutil.rmtree(d, ignore_errors=True)
 
+    def _own_dir(self, d: Path) -> Path:
+        """`d`, a real folder: a symlink put in its place (to a folder outside the results)
+        is removed, never written through."""
+        if d.is_symlink():
+            d.unlink()
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
     def write_table(self, name: str, df) -> None:
         atomic_write_text(self.root / f"{name}.csv", df.to_csv(index=False))
 
@@ -209,4 +221,4 @@ class Store:
 
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        atomic_write_bytes(self.root / "figures" / f"{name}.png", buf.getvalue())
+        atomic_write_bytes(self._own_dir(self.root / "figures") / f"{name}.png", buf.getvalue())

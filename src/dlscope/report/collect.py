@@ -85,7 +85,13 @@ class Results:
     problems: list[str] = field(default_factory=list)
 
 
+LINKED = "a symbolic link (not followed: the report reads only the results folder)"
+
+
 def _read_json(path: Path, problems: list[str], label: str) -> dict:
+    if path.is_symlink():
+        problems.append(f"{label}: {LINKED}")
+        return {}
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -105,6 +111,9 @@ def _png_size(data: bytes) -> tuple[int, int] | None:
 
 def read_table(path: Path, href: str, max_rows: int = KEEP_ROWS) -> Table:
     t = Table(name=path.stem, href=href, size=path.stat().st_size)
+    if path.is_symlink():
+        t.error = LINKED
+        return t
     if t.size > MAX_CSV_BYTES:
         t.error = "too large to preview"
         return t
@@ -123,6 +132,9 @@ def read_table(path: Path, href: str, max_rows: int = KEEP_ROWS) -> Table:
 
 def read_figure(path: Path, href: str) -> Figure:
     fig = Figure(name=path.stem, href=href)
+    if path.is_symlink() or path.parent.is_symlink():
+        fig.error = LINKED
+        return fig
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -148,7 +160,7 @@ def _read_experiment(folder: Path, name: str, suite_entry: dict) -> Experiment:
         if (d / "summary.json").exists():
             exp.summary = _read_json(d / "summary.json", exp.problems, f"{name}/summary.json")
         exp.state = "done" if exp.summary else "incomplete"
-        if (d / "config.toml").exists():
+        if (d / "config.toml").exists() and not (d / "config.toml").is_symlink():
             try:
                 exp.config = tomllib.loads((d / "config.toml").read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
