@@ -273,12 +273,11 @@ def test_absurd_model_width_is_refused_with_the_estimate(cli, tmp_path):
 
 
 @pytest.mark.parametrize("expr", ["expr:x/0", "expr:sqrt(x)"])
-def test_every_run_failing_on_bad_input_writes_nothing(cli, tmp_path, expr):
+def test_a_target_not_finite_on_its_domain_is_refused_before_any_run(cli, tmp_path, expr):
     code, _, err = cli(*FIT, "--set", f"functions=['{expr}']", "--out", tmp_path / "O")
     assert code == 2, err
-    line = last_line(err)  # after the progress lines
-    assert "all 2 runs failed, no tables written" in line and "is not finite" in line
-    assert f"{expr}/shallow" in line or f"{expr}/depth1" in line
+    line = one_line(err)  # refused up front: no run started, no progress lines
+    assert f"function '{expr}' is not finite on [-1, 1]" in line
     assert not (tmp_path / "O").exists()  # no config.toml, no empty folders
 
 

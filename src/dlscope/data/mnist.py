@@ -255,6 +255,8 @@ def mnist_identity(mnist_dir=None, cache_dir=None, log: Log | None = None) -> di
     """``{"data": "mnist" | "other", "sha256": ..., "source": ...}`` of the MNIST-kind data
     a run would load now (loads and fingerprints it once per process and source)."""
     arrays = cached_arrays(mnist_dir=mnist_dir, cache_dir=cache_dir, log=log or _stderr)
+    while _PENDING:  # what mnist_info's quiet load had to say, said now
+        (log or _stderr)(_PENDING.pop(0))
     return {"data": "mnist" if is_mnist(arrays.sha256) else "other",
             "sha256": arrays.sha256, "source": arrays.source}
 
@@ -269,6 +271,9 @@ def mnist_hash_identity(**_options) -> dict:
     return {"data": "other", "sha256": ident["sha256"], "source": ident["source"]}
 
 
+_PENDING: list[str] = []  # load messages of mnist_info, not yet logged
+
+
 def mnist_info(**options) -> DataInfo:
     """Shape, classes and origin of the MNIST-kind data a description asks for (the arrays
     are loaded and fingerprinted once per process; no tensors are built).
@@ -281,7 +286,9 @@ def mnist_info(**options) -> DataInfo:
         "mnist" for verified MNIST content and "other" otherwise.
     """
     opts = MnistOptions(**options)
-    arrays = cached_arrays(log=_stderr)
+    # quiet: a config refused after this (sizes, say) stays one line; mnist_identity, which
+    # the runner calls once the runs are accepted, says where the data came from
+    arrays = cached_arrays(log=_PENDING.append)
     official = is_mnist(arrays.sha256)
     return DataInfo(input_shape=(1, opts.resize, opts.resize), n_classes=10,
                     name="mnist" if official else "other", official=official,
