@@ -156,3 +156,58 @@ def test_verdict_on_constructed_tables():
     quick = configs.resolve(EXP, "quick")
     assert [v.outcome for v in EXP.verdicts(quick, _table({"a": [0.99, 0.99]}))] == [
         "pipeline check"]
+
+
+@pytest.mark.parametrize("n,k", [(800, 300), (60000, 10000)])
+def test_train_eval_sample_is_a_fixed_seeded_subset(n, k):
+    a, b = EXP.train_eval_indices(n, k, 0), EXP.train_eval_indices(n, k, 0)
+    assert np.array_equal(a, b) and len(np.unique(a)) == k and a.min() >= 0 and a.max() < n
+    assert not np.array_equal(a, EXP.train_eval_indices(n, k, 1))  # another data seed
+    assert EXP.train_eval_indices(n, 0, 0) is None and EXP.train_eval_indices(n, n, 0) is None
+
+
+def test_sampled_train_curves_change_only_where_the_sample_replaces_the_full_set(tmp_path):
+    """The same tiny run with the whole set (train_eval_sample=0, today's path) and with a
+    300-image sample: identical training, test curves, running means, epoch 0 and final train
+    metrics; epochs in between equal a direct evaluation of those 300 images by the
+    end-of-epoch model (retrained independently, forward and cross-entropy by hand)."""
+    import torch
+    import torch.nn.functional as F
+    kw = dict(profile="quick", executor="local", threads=1, models=[NAMES[0]],
+              train_subset=800, epochs=3, seeds=1)
+    full = dlscope.run("mnist-models", out=tmp_path / "full", train_eval_sample=0, **kw)
+    samp = dlscope.run("mnist-models", out=tmp_path / "samp", train_eval_sample=300, **kw)
+    cf, cs = full.tables["curves"], samp.tables["curves"]
+    same = ["epoch", "test_loss", "test_acc", "train_loss_running", "train_acc_running"]
+    pd.testing.assert_frame_equal(cf[same], cs[same])
+    ends = cf.epoch.isin([0, 3])
+    pd.testing.assert_frame_equal(cf[ends], cs[ends])
+    for k in METRICS_ALL:
+        assert full.tables["results"][k].tolist() == samp.tables["results"][k].tolist()
+    ds = mnist_dataset(MnistOptions(train_subset=800, seed=0))
+    idx = torch.from_numpy(EXP.train_eval_indices(800, 300, 0))
+    xs, ys = ds.x_train[idx], ds.y_train[idx]
+    direct = {}
+
+    def on_epoch(epoch, m, metrics):
+        with torch.no_grad():
+            m.eval()
+            out = m(xs)
+            m.train()
+        direct[epoch] = (F.cross_entropy(out.double(), ys).item(),
+                         (out.argmax(1) == ys).double().mean().item())
+    model = seeded_model(lambda: models.build(NAMES[0]), 0)
+    train(model, ds, TrainConfig(lr=1e-3, batch_size=100, epochs=3, eval_test=False), seed=0,
+          on_epoch=on_epoch)
+    c = cs.set_index("epoch")
+    for e in (1, 2):
+        assert c.loc[e, "train_loss"] == pytest.approx(direct[e][0], rel=1e-5)
+        assert c.loc[e, "train_acc"] == pytest.approx(direct[e][1], abs=1e-9)
+        assert c.loc[e, "train_loss"] != pytest.approx(cf.set_index("epoch").loc[e, "train_loss"],
+                                                       rel=1e-6)
+    assert samp.figures and "300-image sample" in EXP.train_sample_text(
+        configs.resolve(EXP, "quick", sets=["train_eval_sample=300"]), 800)
+
+
+METRICS_ALL = ("train_loss", "train_acc", "test_loss", "test_acc", "train_loss_running",
+               "train_acc_running")

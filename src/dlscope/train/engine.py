@@ -25,7 +25,7 @@ __all__ = ["ENGINE_VERSION", "TrainConfig", "TrainResult", "evaluate", "grad_nor
 def train(model: nn.Module, data, cfg: TrainConfig, seed: int, *,
           record_grad_norm: bool = False, on_epoch: OnEpoch | None = None,
           progress: Callable[[int], None] | None = None,
-          fast: bool = True, compile: bool = False) -> TrainResult:
+          fast: bool = True, compile: bool = False, closed_form: bool = False) -> TrainResult:
     """Train `model` in place on `data` (a dlscope Dataset already on the model's device).
 
     `on_epoch(epoch, model, metrics)` is called after epoch 0 (before any step, so
@@ -47,6 +47,8 @@ def train(model: nn.Module, data, cfg: TrainConfig, seed: int, *,
             and comparisons).
         compile: run the model through `torch.compile` on the autograd path (opt-in, not a
             default: see docs/PERFORMANCE.md).
+        closed_form: a ``1 -> H -> 1`` ReLU MLP under MSE takes `onehidden.OneHiddenStep`
+            (equal to the default step to float tolerance, not bit for bit; opt-in).
 
     Returns:
         The run's `TrainResult`.
@@ -68,7 +70,7 @@ def train(model: nn.Module, data, cfg: TrainConfig, seed: int, *,
     tune_malloc()
     x = data.x_train
     [step] = choose_step([model], data.n_classes is not None, x, [cfg.optimizer_settings()],
-                         fast=fast, compile=compile)
+                         fast=fast, compile=compile, closed_form=closed_form)
     bs = len(x) if cfg.batch_size is None else min(cfg.batch_size, len(x))
     [result] = fit(step, data, [cfg], [seed], bs, [on_epoch],
                    record_grad_norm=record_grad_norm, progress=progress)

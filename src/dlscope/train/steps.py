@@ -36,6 +36,7 @@ from dlscope.train import cnnfast
 from dlscope.train.evaluation import evaluate, grad_norm, loss_function
 from dlscope.train.fastpath import loss_and_grad, mlp_backward, mlp_chain, mlp_forward
 from dlscope.train.grouped import GroupedCNNStep, groupable
+from dlscope.train.onehidden import OneHiddenStep, applies
 from dlscope.train.optim import FusedOptimizer, torch_optimizer
 from dlscope.train.stacked import StackedMLPStep
 from dlscope.train.threads import step_threads
@@ -286,7 +287,8 @@ def stackable(members: Sequence[nn.Module], x: torch.Tensor) -> bool:
 
 def choose_step(members: Sequence[nn.Module], classification: bool, x: torch.Tensor,
                 optimizers: Sequence[dict], *, fast: bool = True,
-                compile: bool = False, group_cnns: bool = False) -> list[Step]:
+                compile: bool = False, group_cnns: bool = False,
+                closed_form: bool = False) -> list[Step]:
     """The steps that train `members` (each with its optimizer settings) on inputs like `x`:
     one `StackedMLPStep` for two or more stackable MLPs, else one step per member (members
     one by one: each then equals its solo run bit for bit), `MLPStep` where it applies.
@@ -305,6 +307,9 @@ def choose_step(members: Sequence[nn.Module], classification: bool, x: torch.Ten
             (the reference path).
         compile: `AutogradStep` with `torch.compile`.
         group_cnns: same-shape CNNs as one `grouped.GroupedCNNStep`.
+        closed_form: a member that `onehidden.applies` to (a ``1 -> H -> 1`` ReLU MLP under
+            MSE) trains alone with `onehidden.OneHiddenStep` (float tolerance, not bit for
+            bit, of `MLPStep`; opt-in).
 
     Returns:
         The steps, covering the members in their order.
@@ -317,6 +322,9 @@ def choose_step(members: Sequence[nn.Module], classification: bool, x: torch.Ten
         >>> [type(s).__name__ for s in choose_step(nets, True, torch.zeros(8, 3), sgd, fast=False)]
         ['AutogradStep', 'AutogradStep']
     """
+    if (fast and not compile and closed_form
+            and all(applies(m, classification, x) for m in members)):
+        return [OneHiddenStep(m, settings) for m, settings in zip(members, optimizers)]
     if fast and not compile and len(members) > 1 and stackable(members, x):
         return [StackedMLPStep(members, classification, optimizers)]
     if fast and not compile and group_cnns and groupable(members, x):
