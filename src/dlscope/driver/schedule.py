@@ -43,6 +43,10 @@ def _number(value) -> float | None:
     return float(value) if ok else None
 
 
+def _real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _examples(params: dict, data) -> float:
     if isinstance(data, dict):
         for key in ("n_train", "train_subset"):
@@ -116,7 +120,7 @@ def calibration(timed: Iterable[tuple]) -> float:
 
     ratios = []
     for spec, t in timed:
-        if not isinstance(t, dict) or _number(t.get("start")) is None and t.get("start") != 0:
+        if not isinstance(t, dict) or not (_real(t.get("start")) and _real(t.get("end"))):
             continue
         try:
             took = (float(t["end"]) - float(t["start"])) / max(1, int(t.get("runs_in_task", 1)))
@@ -141,8 +145,7 @@ def _distinct(timings: Iterable[dict | None]) -> list[dict]:
     """One record per task: the runs of an ensemble share their task's start and end."""
     seen, out = set(), []
     for t in timings:
-        if not isinstance(t, dict) or not all(
-                _number(t.get(k)) is not None for k in ("start", "end")):
+        if not isinstance(t, dict) or not (_real(t.get("start")) and _real(t.get("end"))):
             continue
         key = (t.get("host"), t.get("pid"), t["start"], t["end"])
         if key not in seen:
