@@ -42,6 +42,8 @@ log says the threads, and the load average at the start and the end.
     conventional_busy{k}_s  conventional_epoch_s likewise
     busy{k}_ratio           mlp_epoch_busy{k}_s / mlp_epoch_s (conventional_busy{k}_ratio too)
     suite_s                 (--suite) `run all --profile quick` into a temporary folder
+    suite_core_utilization  (--suite) its suite.json's core utilization: busy core-seconds of
+                            its runs / (cores x wall time) (dlscope.driver.schedule)
 
 FLOP counts (`floors.flops_per_epoch`): a forward pass costs 2 FLOPs per multiply-accumulate (MAC),
 the backward pass twice the forward (input and weight gradients), so

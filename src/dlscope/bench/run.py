@@ -6,12 +6,14 @@ returning its dict entries; `run_bench` prepares the `Bench` and loops over the 
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -205,7 +207,8 @@ def curvature_figure(b: Bench) -> dict:
 
 
 def suite_figure(b: Bench) -> dict:
-    """Seconds of `run all --profile quick` into a temporary folder (none without `suite`)."""
+    """Seconds of `run all --profile quick` into a temporary folder and the core utilization
+    its suite.json reports (none without `suite`)."""
     if not b.suite:
         return {}
     from dlscope.driver.suite import run_all
@@ -216,7 +219,9 @@ def suite_figure(b: Bench) -> dict:
         seconds = time.perf_counter() - t
         if failed:
             b.log(f"bench: suite: failed experiments: {', '.join(failed)}")
-    return {"suite_s": seconds}
+        # busy core-seconds / (cores x wall), as run all wrote it (dlscope.driver.schedule)
+        util = json.loads((Path(tmp) / "suite.json").read_text()).get("core_utilization")
+    return {"suite_s": seconds, **({"suite_core_utilization": util} if util is not None else {})}
 
 
 Figure = Callable[[Bench], dict]

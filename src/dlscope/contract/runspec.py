@@ -17,6 +17,9 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
+import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -68,6 +71,9 @@ class RunResult:
     """A finished run: JSON-able `values` plus named numpy `arrays` (stored as .npz)."""
     values: dict
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    # when and where it ran (`execute` sets it; the store keeps it as timing.json): start and
+    # end (epoch seconds), pid, host, threads, runs_in_task. Not part of its numbers.
+    timing: dict | None = field(default=None, compare=False, repr=False)
 
     @property
     def status(self) -> str:
@@ -110,19 +116,29 @@ def resolve_run(fn: str) -> tuple[Callable, Callable | None]:
 
 
 def execute(specs: list[RunSpec], context=RunContext) -> list[RunResult]:
-    """Run specs in this process: as one ensemble when there is a batched variant.
+    """Run specs in this process: as one ensemble when there is a batched variant. Each
+    result's `timing` says when (wall clock, the task's start and end) and where it ran.
 
     `context(device=, threads=)` makes the RunContext (the Ray executor passes one whose
     `dataset()` reads the sweep's shared copy from the object store)."""
     first = specs[0]
     previous = torch.get_num_threads()
     torch.set_num_threads(first.threads)  # part of the run's identity (its hash)
+    start = time.time()
     try:
         ctx = context(device=torch.device(first.device), threads=first.threads)
         one, many = resolve_run(first.fn)
         if many is not None and len(specs) > 1:
-            return many([s.params for s in specs], ctx)
-        return [one(s.params, ctx) for s in specs]
+            results = many([s.params for s in specs], ctx)
+        else:
+            results = [one(s.params, ctx) for s in specs]
     finally:
         torch.set_num_threads(previous)
+    timing = {"start": start, "end": time.time(), "pid": os.getpid(),
+              "host": socket.gethostname(), "threads": first.threads,
+              "runs_in_task": len(specs)}
+    for r in results:
+        if isinstance(r, RunResult):
+            r.timing = dict(timing)
+    return results
 

@@ -3,6 +3,8 @@
     OUT/<experiment>/config.toml     fully resolved config
     OUT/<experiment>/env.json        versions, threads, device, git commit, wall time
     OUT/<experiment>/runs/<hash>/    one finished run: spec.json, result.json, arrays.npz,
+                                     timing.json (when and where it ran: start, end, pid,
+                                     host, threads; not part of its numbers),
                                      checksums.json (sha256 of the others, verified on reuse)
     OUT/<experiment>/quarantine/     damaged run folders moved aside (then recomputed)
     OUT/<experiment>/*.csv           tidy tables
@@ -54,6 +56,7 @@ def _json_default(o):
 
 
 CHECKSUMS = "checksums.json"  # sha256 of each file of a run, written at save time
+TIMING = "timing.json"  # when and where the run ran (RunResult.timing)
 MAX_RUN_FILE_BYTES = 4 * 2**30  # a run file larger than this is not one we wrote
 
 
@@ -133,7 +136,31 @@ class Store:
         if "arrays.npz" in sums:
             with np.load(d / "arrays.npz", allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
-        return RunResult(values=values, arrays=arrays)
+        timing = None
+        if TIMING in sums:
+            timing = json.loads((d / TIMING).read_text())
+            if not isinstance(timing, dict):
+                raise _Damaged(f"{TIMING} holds {type(timing).__name__}, not an object")
+        return RunResult(values=values, arrays=arrays, timing=timing)
+
+    def timed_runs(self, limit: int = 200) -> list[tuple[dict, dict]]:
+        """(spec.json, timing.json) of up to `limit` stored runs that have a timing, read
+        as plain JSON (unverified: for estimates only, never for numbers)."""
+        out: list[tuple[dict, dict]] = []
+        if not self.runs.is_dir():
+            return out
+        for d in sorted(self.runs.iterdir()):
+            if len(out) >= limit:
+                break
+            try:
+                if d.name.startswith(".") or not (d / TIMING).is_file():
+                    continue
+                spec, timing = (json.loads((d / n).read_text()) for n in ("spec.json", TIMING))
+            except (OSError, ValueError):
+                continue
+            if isinstance(spec, dict) and isinstance(timing, dict):
+                out.append((spec, timing))
+        return out
 
     def _quarantine(self, d: Path, spec: RunSpec, why: str) -> None:
         self.quarantine_dir.mkdir(parents=True, exist_ok=True)
@@ -163,6 +190,9 @@ class Store:
                 json.dumps(result.values, indent=2, default=_json_default))
             if result.arrays:
                 np.savez(tmp / "arrays.npz", **result.arrays)
+            if result.timing:
+                (tmp / TIMING).write_text(json.dumps(result.timing, indent=2,
+                                                     default=_json_default))
             sums = {p.name: _sha256_file(p) for p in sorted(tmp.iterdir())}
             (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=2))
             for p in tmp.iterdir():

@@ -57,6 +57,16 @@ def _env_value(exps: list[Experiment], key: str) -> str | None:
     return "; ".join(f"{show(v)} ({esc(', '.join(names))})" for v, names in seen.items())
 
 
+def _utilization(suite: dict) -> str | None:
+    """suite.json's core utilization as the header shows it, e.g. "93% of 2 cores (busy
+    core-seconds of the runs computed / cores x wall time)"; None when it has none."""
+    u, cores = suite.get("core_utilization"), suite.get("cores")
+    if not isinstance(u, (int, float)) or isinstance(u, bool) or not isinstance(cores, int):
+        return None
+    return (f"{100 * u:.0f}% of {cores} cores (busy core-seconds of the runs computed / "
+            "cores × wall time)")
+
+
 def _header(r: Results) -> str:
     exps = r.experiments
     done = [e for e in exps if e.summary]
@@ -64,8 +74,10 @@ def _header(r: Results) -> str:
     profile = (", ".join(profiles) + (" (mixed)" if len(profiles) > 1 else "") if profiles
                else str(r.suite.get("profile") or "—"))
     # suite.json's time counts only when it covers every result shown (not a later single run)
+    util = None
     if isinstance(r.suite.get("wall_s"), (int, float)) and all(e.suite for e in done):
         wall = fmt_seconds(r.suite["wall_s"]) + " (run all)"
+        util = _utilization(r.suite)
     else:
         walls = [e.summary["wall_s"] for e in done
                  if isinstance(e.summary.get("wall_s"), (int, float))]
@@ -76,6 +88,7 @@ def _header(r: Results) -> str:
     status = ", ".join(f"{n} {s}" for s, n in counts.items())
     when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     run = [("profile", esc(profile)), ("total wall time", esc(wall)),
+           *([("core utilization", esc(util))] if util else []),
            ("experiments", esc(status)),
            ("results folder", f"<code>{esc(r.folder.resolve())}</code>"),
            ("generated", esc(f"{when} by dlscope {__version__}"))]
