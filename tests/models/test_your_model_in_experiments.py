@@ -40,6 +40,14 @@ def deep(size=16, input_shape=(1, 28, 28), n_classes=10):
                          nn.Tanh(), nn.Linear(size, n_classes))
 
 
+def fit(depth=1, size=8):
+    layers, d = [], 1
+    for _ in range(depth):
+        layers += [nn.Linear(d, size), nn.ReLU()]
+        d = size
+    return nn.Sequential(*layers, nn.Linear(d, 1))
+
+
 def with_dropout(input_shape=(1, 28, 28), n_classes=10):
     return nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(64, n_classes))
 '''
@@ -132,3 +140,15 @@ def test_a_factory_that_cannot_be_imported_is_one_line(project):
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(lines) == 1 and "nosuch" in lines[0], res.stderr
     assert not (project / "out").exists()
+
+
+def test_function_fit_sizes_a_factory_for_each_depth(project):
+    def count(depth, size):  # closed form of mynets.fit: 1 -> size (x depth) -> 1
+        return 2 * size + (depth - 1) * (size * size + size) + size + 1
+
+    r = dlscope.run("function-fit", profile="quick", out=project / "out", progress=False,
+                    model="py:mynets:fit", functions=["sinc"], depths=[1, 2], epochs=20,
+                    seeds=1, param_budget=481, executor="local")
+    res = r.tables["results"].sort_values("depth")
+    best = [min(range(1, 500), key=lambda s, d=d: abs(count(d, s) - 481)) for d in (1, 2)]
+    assert list(res.params) == [count(1, best[0]), count(2, best[1])] == [481, 481]

@@ -30,8 +30,11 @@ from pydantic import Field, field_validator
 from dlscope import data, models, plotting
 from dlscope.contract.config import ExperimentConfig
 from dlscope.contract.runspec import RunResult, RunSpec
+from dlscope.errors import UserError
 from dlscope.experiments import stats
 from dlscope.experiments.common import ensemble_ok, seeds_of, setting_statistics, slugs
+from dlscope.experiments.inputs import Model, check_model, is_factory
+from dlscope.models.factory import factory_accepts
 from dlscope.train.engine import TrainConfig, seeded_model, train
 
 NAME = "function-fit"
@@ -68,6 +71,17 @@ class Config(ExperimentConfig):
     converge_window: int = Field(2000, ge=1, description="epochs the plateau rule looks back")
     seeds: int = Field(10, ge=1, description="initialisations per function and depth")
     seed: int = Field(0, ge=0, description="first init seed (seed, seed+1, ...)")
+    model: Model | None = Field(None, description=(
+        "a factory py:module:function with `depth` and `size` arguments, called for each "
+        "depth with the size that matches param_budget within 1% (default: ReLU MLPs)"))
+
+    @field_validator("model")
+    @classmethod
+    def _factory(cls, v: Model | None) -> Model | None:
+        if v is not None and not is_factory(check_model(v)):
+            raise ValueError(f"model {v!r}: function-fit takes a factory py:module:function "
+                             "with depth and size arguments; built-in MLPs follow depths")
+        return v
 
     @field_validator("functions")
     @classmethod
@@ -86,13 +100,21 @@ class Config(ExperimentConfig):
 PROFILES = {"quick": {"epochs": 3000, "n_train": 400, "converge_window": 1000, "seeds": 2}}
 
 
-def family(cfg: Config) -> list[tuple[str, models.MLPSpec]]:
-    """The (label, spec) of each depth: shallow / middle / deep for three depths."""
+def family(cfg: Config) -> list[tuple[str, object]]:
+    """The (label, spec) of each depth: shallow / middle / deep for three depths; with a
+    factory, the factory at each depth with the size that matches the budget."""
     depths = sorted(set(cfg.depths))
     names = (["shallow", "middle", "deep"] if len(depths) == 3 else
              [f"depth{d}" for d in depths])
     out = []
     for label, d in zip(names, depths):
+        if cfg.model is not None:
+            spec = models.parse_model(cfg.model)
+            if not factory_accepts(spec, "depth"):
+                raise UserError(f"{NAME}: model {spec.name} has no `depth` argument")
+            spec = spec.model_copy(update={"kwargs": {**spec.kwargs, "depth": d}})
+            out.append((label, models.sized(spec, cfg.param_budget, input_shape=(1,))))
+            continue
         widths = models.width_for_params(d, cfg.param_budget)
         out.append((label, models.MLPSpec(input_dim=1, hidden=tuple(widths), output_dim=1,
                                           activation=cfg.activation)))
@@ -105,9 +127,11 @@ def function_data(function: str, n_train: int, seed: int) -> dict:
             "seed": seed}
 
 
-def _closed_form(spec: models.MLPSpec) -> dict:
+def _closed_form(spec) -> dict:
     """One hidden ReLU layer: trained with the closed-form step (`train.onehidden`, float
     tolerance of the generic one, ~1.6x faster a step), recorded in the run's parameters."""
+    if not isinstance(spec, models.MLPSpec):
+        return {}
     return {"closed_form": True} if len(spec.hidden) == 1 and spec.activation == "relu" else {}
 
 
@@ -126,7 +150,7 @@ def runs(cfg: Config) -> list[RunSpec]:
 def _prepare(p: dict, ctx):
     ds = ctx.dataset(function_data(p["function"], p["n_train"], p["data_seed"]))
     spec = models.parse_model(p["model"])
-    model = seeded_model(lambda: models.build(spec), p["seed"]).to(ctx.device)
+    model = seeded_model(lambda: models.build(spec, (1,)), p["seed"]).to(ctx.device)
     grid = np.linspace(float(ds.x_train.min()), float(ds.x_train.max()), 200, dtype=np.float32)
     return ds, model, grid, _predict(model, grid, ctx.device)
 
@@ -170,7 +194,8 @@ def run_many(ps: list[dict], ctx) -> list[RunResult]:
 
     prep = [_prepare(p, ctx) for p in ps]
     nets = [m for _, m, _, _ in prep]
-    wide = max(models.parse_model(ps[0]["model"]).hidden) > ENSEMBLE_MAX_WIDTH
+    spec = models.parse_model(ps[0]["model"])
+    wide = not isinstance(spec, models.MLPSpec) or max(spec.hidden) > ENSEMBLE_MAX_WIDTH
     if wide or ps[0].get("closed_form") or not ensemble_ok(nets):
         return [run_one(p, ctx) for p in ps]
     results = train_ensemble(nets, prep[0][0], [TrainConfig(**p["train"]) for p in ps],
@@ -190,7 +215,7 @@ def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
     keep = _grid(cfg.epochs)
     for spec, r in results:
         p, v = spec.params, r.values
-        d = models.describe(p["model"])
+        d = models.describe(models.parse_model(p["model"]), (1,), None)
         rows.append({"function": p["function"], "model": p["label"], "depth": d["depth"],
                      "widths": d["widths"], "params": d["params"], "seed": p["seed"],
                      **{k: v[k] for k in ("final_loss", "converged", "converged_epoch",
