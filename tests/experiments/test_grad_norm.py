@@ -76,7 +76,7 @@ def test_quick_run_writes_seed_rows_statistics_figures_and_reloads(tmp_path):
         assert row.final_grad_norm == pytest.approx(c.grad_norm.iloc[-k:].median())
         assert row.first_loss == pytest.approx(c.loss.iloc[:k].median())
     st = r.summary["statistics"]
-    assert "none" in st["published"] and r.summary["verdicts"] == []
+    assert "no published number" in st["published"] and r.summary["verdicts"] == []
     for task in ("function", "mnist"):
         iv = st["tasks"][task]["final_grad_norm"]
         vals = res[res.task == task].final_grad_norm

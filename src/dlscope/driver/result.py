@@ -42,7 +42,7 @@ class ExperimentResult:
         parts.append("</ul>")
         for tname, df in self.tables.items():
             parts.append(f"<details><summary>{html.escape(tname)} ({len(df)} rows)</summary>"
-                         f"{df.head(20).to_html(index=False)}</details>")
+                         f"{df.head(20).to_html(index=False, na_rep='—')}</details>")
         for fig in self.figures.values():
             buf = io.BytesIO()
             fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")

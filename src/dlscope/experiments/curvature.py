@@ -254,15 +254,17 @@ def observations(cfg: Config, tables) -> list[str]:
     """What this run shows, in sentences for the report."""
     res, out = tables["results"], []
     for e, g in res.groupby("epoch"):
+        se = g.trace_se.median()
         s = (f"epoch {e}: loss on the Hessian subset {stats.interval(g.loss).text('.3g')}; "
              f"λmax {stats.interval(g.lambda_max).text('.3g')}; trace "
-             f"{stats.interval(g.trace).text('.3g')} (Hutchinson, median standard error "
-             f"{g.trace_se.median():.2g})")
+             f"{stats.interval(g.trace).text('.3g')} (Hutchinson"
+             + (f", median standard error {se:.2g})" if np.isfinite(se) else ")"))
         if g.outlier_ratio.notna().any():
+            ritz = g.slq_lambda_min.median()
             s += (f"; density mass within |λ| ≤ {BAND:g}·λmax "
                   f"{stats.interval(g.mass_band).text('.3f')}, λmax / bulk edge (99th "
-                  f"percentile of |λ|) {stats.interval(g.outlier_ratio).text('.3g')}, smallest "
-                  f"Ritz value {g.slq_lambda_min.median():.3g}")
+                  f"percentile of |λ|) {stats.interval(g.outlier_ratio).text('.3g')}"
+                  + (f", smallest Ritz value {ritz:.3g}" if np.isfinite(ritz) else ""))
         out.append(s + ".")
     return out
 

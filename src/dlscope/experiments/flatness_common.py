@@ -97,6 +97,20 @@ class MatchedConfig(ExperimentConfig):
                 else f"train loss ≤ {self.target:g}")
         return f"{what} (full evaluation after each epoch; cap {self.max_steps:,} steps)"
 
+    def lr_scaling_text(self) -> str:
+        """How the learning rate follows the batch size, in words (`lr_scaling`).
+
+        Example:
+            >>> MatchedConfig().lr_scaling_text()
+            'the same lr at every batch size'
+            >>> MatchedConfig(lr_scaling="sqrt").lr_scaling_text()
+            'lr scaled by the square root of batch size / 64'
+        """
+        base = self.lr_base_batch
+        return {"none": "the same lr at every batch size",
+                "linear": f"lr scaled linearly with batch size / {base}",
+                "sqrt": f"lr scaled by the square root of batch size / {base}"}[self.lr_scaling]
+
 
 def scaled_lr(lr: float, batch_size: int, rule: str, base: int) -> float:
     """lr · (batch_size / base)^k, k = 0, 1, 1/2 for rule none, linear, sqrt.

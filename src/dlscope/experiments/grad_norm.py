@@ -193,7 +193,8 @@ def analyze(cfg: Config, results) -> dict[str, pd.DataFrame]:
                      "first_grad_norm": _window(c, "grad_norm", False),
                      "final_grad_norm": _window(c, "grad_norm", True),
                      "peak_grad_norm": float(c.grad_norm.max()),
-                     "peak_step": int(c.step[c.grad_norm.idxmax()]) if len(c) else 0,
+                     "peak_step": (int(c.step[c.grad_norm.idxmax()])
+                                   if c.grad_norm.notna().any() else 0),
                      "min_grad_norm": float(c.grad_norm.min()),
                      "spikes": _jumps(c.grad_norm.to_numpy()),
                      "rho_loss_norm": float(np.log(ok.loss).corr(np.log(ok.grad_norm),
@@ -278,7 +279,7 @@ def statistics(cfg: Config, tables) -> dict:
     """The numbers over seeds behind the verdicts and observations (summary.json)."""
     out: dict = {"interval": "95% t-interval of the mean over seeds (stats.interval); first/final "
                  "= median over the first/last 5% of the iterations",
-                 "published": "none: the assignment asks for the figure, no number to reproduce",
+                 "published": "no published number: the assignment asks for the figure",
                  "tasks": {}}
     for task, r in tables["results"].groupby("task", sort=False):
         ok = r[r.status.isin(OK)]
@@ -297,25 +298,34 @@ def observations(cfg: Config, tables) -> list[str]:
     out = []
     for task, r in tables["results"].groupby("task", sort=False):
         ok = r[r.status.isin(OK)]
-        iv = {k: stats.brief(ok[k]) for k in STAT_COLS}
-        ratio = stats.brief(ok.final_grad_norm / ok.first_grad_norm)
-        full = r.batch.iloc[0] >= r.n_train.iloc[0]
-        batch = "full batch" if full else f"batch {int(r.batch.iloc[0])}"
-        out.append(
-            f"{task} ({r.data.iloc[0]}, {r.model.iloc[0]}, {batch}, {int(r.steps.max())} "
-            f"iterations; median [95% t-interval of the mean] over {len(ok)} seeds): loss over "
-            f"the first/last 5% of the iterations {iv['first_loss']} -> {iv['final_loss']}; "
-            f"gradient norm {iv['first_grad_norm']} -> {iv['final_grad_norm']} (final/first "
-            f"{ratio}); largest norm {iv['peak_grad_norm']}; Spearman correlation of loss and "
-            f"gradient norm over the iterations {iv['rho_loss_norm']}; spikes (a rise above "
-            f"100x the minimum of the previous 100 iterations) per seed: "
-            f"{', '.join(str(int(x)) for x in ok.spikes)}.")
+        if not len(ok):
+            out.append(f"{task} ({r.data.iloc[0]}, {r.model.iloc[0]}): no seed finished without "
+                       "diverging, nothing to summarise.")
+        else:
+            out.append(_task_text(task, r, ok))
         bad = r[~r.status.isin(OK)]
         if len(bad):
             out.append(f"{task}: {len(bad)} of {len(r)} seeds failed ("
                        + ", ".join(f"seed {b.seed}: {b.status}" for b in bad.itertuples())
                        + "); drawn grey, excluded from the medians.")
     return out
+
+
+def _task_text(task: str, r: pd.DataFrame, ok: pd.DataFrame) -> str:
+    """The observation of one task over its finished seeds `ok` (of all its seeds `r`)."""
+    iv = {k: stats.brief(ok[k], empty="no finite value") for k in STAT_COLS}
+    ratio = stats.brief(ok.final_grad_norm / ok.first_grad_norm, empty="no finite value")
+    full = r.batch.iloc[0] >= r.n_train.iloc[0]
+    batch = "full batch" if full else f"batch {int(r.batch.iloc[0])}"
+    return (
+        f"{task} ({r.data.iloc[0]}, {r.model.iloc[0]}, {batch}, {int(r.steps.max())} "
+        f"iterations; median [95% t-interval of the mean] over {len(ok)} seeds): loss over "
+        f"the first/last 5% of the iterations {iv['first_loss']} -> {iv['final_loss']}; "
+        f"gradient norm {iv['first_grad_norm']} -> {iv['final_grad_norm']} (final/first "
+        f"{ratio}); largest norm {iv['peak_grad_norm']}; Spearman correlation of loss and "
+        f"gradient norm over the iterations {iv['rho_loss_norm']}; spikes (a rise above "
+        f"100x the minimum of the previous 100 iterations) per seed: "
+        f"{', '.join(str(int(x)) for x in ok.spikes)}.")
 
 
 def headline(cfg: Config, tables) -> dict:

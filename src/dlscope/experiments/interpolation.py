@@ -327,13 +327,14 @@ def verdicts(cfg: Config, tables) -> list[stats.Verdict]:
         return [stats.pipeline_check(*li, why), stats.pipeline_check(*ke, why)]
     e0, e1 = _ends(mods, name, "alpha=0"), _ends(mods, name, "alpha=1")
     d = stats.compare(e0.curve_rise, e1.curve_rise)
-    out = [stats.Verdict(*li, f"rise (bs {b2}) − rise (bs {b1}): {d.text()}",
+    out = [stats.Verdict(*li, f"rise (bs {b2}) − rise (bs {b1}): {_diff_text(d, name, e0, e1)}",
                          stats.DIFFERENCE_RULE, stats.outcome_of_difference(d, +1))]
     g = res[res.pair == name]
     ok = set(e0.seed) & set(e1.seed)
     lo, hi = (np.log10(_at(g, a, "train_loss")) for a in (-0.5, 1.5))
     d2 = stats.compare(lo[lo.index.isin(ok)], hi[hi.index.isin(ok)])
-    out.append(stats.Verdict(*ke, f"log10 train loss at α = 1.5 − at α = −0.5: {d2.text()}",
+    out.append(stats.Verdict(*ke, f"log10 train loss at α = 1.5 − at α = −0.5: "
+                             f"{_diff_text(d2, name, e0, e1)}",
                              stats.DIFFERENCE_RULE, stats.outcome_of_difference(d2, +1)))
     return out
 
@@ -341,7 +342,7 @@ def verdicts(cfg: Config, tables) -> list[stats.Verdict]:
 def observations(cfg: Config, tables) -> list[str]:
     """What this run shows, in sentences for the report."""
     res, mods = tables["results"], tables["models"]
-    out = [(f"Matched training: {cfg.criterion_text()}; lr scaling {cfg.lr_scaling}; "
+    out = [(f"Matched training: {cfg.criterion_text()}; {cfg.lr_scaling_text()}; "
            f"{int(mods.drop_duplicates('run').reached.sum())} of "
            f"{mods.run.nunique()} models reached it. Numbers are medians [95% t-intervals of "
            f"the mean over seeds].")]
@@ -365,12 +366,34 @@ def observations(cfg: Config, tables) -> list[str]:
                 f"{iv(e0.pair_distance)}.")
         d = stats.compare(e0.train_loss, e1.train_loss)
         ratio = float(e1.train_loss.median() / e0.train_loss.median()) if len(e0) else np.nan
-        if d.clear or not 0.8 <= ratio <= 1.25:
-            text += (f" The endpoints sit at different train losses (α=1 − α=0: {d.text()}, "
-                     f"ratio of medians {ratio:.2f}): the curves compare different training "
-                     f"states as well as different minima.")
+        if not np.isfinite(d.diff):
+            text += f" Endpoint train losses not compared: {_diff_text(d, name, e0, e1)}."
+        elif d.clear or not 0.8 <= ratio <= 1.25:
+            ratio_text = f", ratio of medians {ratio:.2f}" if np.isfinite(ratio) else ""
+            text += (f" The endpoints sit at different train losses (α=1 − α=0: {d.text()}"
+                     f"{ratio_text}): the curves compare different training states as well as "
+                     "different minima.")
         out.append(text)
     return out
+
+
+def ends_of(name: str) -> tuple[str, str]:
+    """The two ends of a pair, from its name.
+
+    Example:
+        >>> ends_of("batch 64 vs 1024"), ends_of("lr 0.001 vs 0.01")
+        (('batch 64', 'batch 1024'), ('lr 0.001', 'lr 0.01'))
+    """
+    kind, rest = name.split(" ", 1)
+    a, b = rest.split(" vs ", 1)
+    return f"{kind} {a}", f"{kind} {b}"
+
+
+def _diff_text(d: stats.Difference, name: str, e0: pd.DataFrame, e1: pd.DataFrame) -> str:
+    """`d.text()`, naming the end of pair `name` without a value: none of its models reached
+    the criterion (`e0`, `e1`: the models of each end that count), or none has a value."""
+    why = "reached the criterion" if not (len(e0) and len(e1)) else "has a finite value"
+    return d.text(names=ends_of(name), empty="no model of {} " + why)
 
 
 def headline(cfg: Config, tables) -> dict:

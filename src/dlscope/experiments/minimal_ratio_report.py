@@ -147,11 +147,13 @@ def observations(cfg, tables) -> list[str]:
             f"{cfg.loss_change_flag:g} in phase 2 (flagged 'moved', kept).")]
     if not len(ok):
         return out
-    out.append(f"Critical points span loss {st['loss_min']:.3g}–{st['loss_max']:.3g} "
-               f"({st['loss_decades']:.1f} decades); minimal ratio "
-               f"{ok.minimal_ratio.min():.2f}–{ok.minimal_ratio.max():.2f}, index "
-               f"{ok['index'].min():.2f}–{ok['index'].max():.2f}, near-zero fraction up to "
-               f"{ok.frac_zero.max():.2f} ({int(ok.n_params.iloc[0])} parameters, tol = "
+    decades = (f" ({st['loss_decades']:.1f} decades)" if math.isfinite(st["loss_decades"])
+               else "")
+    zero = ok.frac_zero.max()
+    zero = f"up to {zero:.2f}" if math.isfinite(zero) else "undefined (no finite value)"
+    out.append(f"Critical points span loss {span(ok.loss, '.3g')}{decades}; minimal ratio "
+               f"{span(ok.minimal_ratio)}, index {span(ok['index'])}, near-zero fraction "
+               f"{zero} ({int(ok.n_params.iloc[0])} parameters, tol = "
                f"{cfg.tol_c:g}·eps·P·max|λ|).")
     c = st["counts"]
     out.append(f"Kinds: {c['minimum']} minima, {c['saddle']} saddles, {c['degenerate']} "
@@ -167,6 +169,18 @@ def observations(cfg, tables) -> list[str]:
     for v in verdicts(cfg, tables):
         out.append(f"Verdict ({v.source}): {v.outcome}. {v.statistic}.")
     return out
+
+
+def span(values, fmt: str = ".2f") -> str:
+    """'min–max' of the finite `values`, or why there is none.
+
+    Example:
+        >>> span(pd.Series([0.5, np.nan, 0.25])), span(pd.Series([np.nan]))
+        ('0.25–0.50', 'undefined (no finite value)')
+    """
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return f"{v.min():{fmt}}–{v.max():{fmt}}" if len(v) else "undefined (no finite value)"
 
 
 def headline(cfg, tables) -> dict:

@@ -407,8 +407,10 @@ def observations(cfg: Config, tables) -> list[str]:
                 f"{int(g.epochs.max())} epochs (both full evaluations of the end-of-epoch "
                 f"model); train minus test {_pct(ok.train_acc - ok.test_acc)} points")
         if len(best) and best.notna().any() and int(best.idxmin()) < int(best.index.max()):
+            end = (f"ended at {best.iloc[-1]:.4f}" if np.isfinite(best.iloc[-1]) else
+                   "has no value at the last epoch")
             text += (f"; the median test loss was lowest at epoch {int(best.idxmin())} "
-                     f"({best.min():.4f}) and ended at {best.iloc[-1]:.4f}")
+                     f"({best.min():.4f}) and {end}")
         failed = len(g) - len(ok)
         out.append(text + (f"; {failed} of {len(g)} seeds failed (drawn grey, excluded)."
                            if failed else "."))

@@ -232,10 +232,12 @@ def verdicts(cfg: Config, tables) -> list[stats.Verdict]:
                  "fitted": "qualitative: test error keeps falling as hidden units grow past the "
                            "size that reaches 0 training error (Fig. 1, MNIST and CIFAR-10)"}
     top = ok[ok.params == ok.params.max()]
-    if not len(top) or top.train_acc.median() < FIT:
-        why = (f"the largest model reaches a median train accuracy of "
-               f"{100 * top.train_acc.median():.1f}% (< {100 * FIT:.0f}%): train and test have "
-               "not separated, the sweep is under-trained")
+    acc = top.train_acc.median() if len(top) else np.nan
+    if not acc >= FIT:  # also when there is no finished run or no finite accuracy
+        why = (f"the largest model reaches a median train accuracy of {100 * acc:.1f}% (< "
+               f"{100 * FIT:.0f}%): train and test have not separated, the sweep is "
+               "under-trained" if np.isfinite(acc) else
+               "no model finished training with a finite train accuracy: no sweep to judge")
         return [stats.pipeline_check(rise, SOURCES["rise"], published["rise"], why),
                 stats.pipeline_check(no_harm, SOURCES["fitted"], published["fitted"], why)]
     t_all = stats.trend(ok.params, ok.test_acc)
@@ -278,7 +280,8 @@ def observations(cfg: Config, tables) -> list[str]:
          f"{_iv(st, hi.model, 'train_acc')}, test {_iv(st, hi.model, 'test_acc')}, test loss "
          f"{_iv(st, hi.model, 'test_loss', pct=False)}."),
         (f"Test accuracy vs parameters: {stats.Trend(**st['test_acc_vs_params']).text()}; "
-         f"largest vs second largest ({second}): {diff.text('.2f', 100, ' points')}."),
+         f"largest vs second largest ({second}): "
+         f"{diff.text('.2f', 100, ' points', names=(second, hi.model))}."),
     ]
     if len(failed):
         names = ", ".join(f"{r.model}/seed={r.seed} ({r.status})" for r in failed.itertuples())
@@ -289,6 +292,8 @@ def observations(cfg: Config, tables) -> list[str]:
 def headline(cfg: Config, tables) -> dict:
     """A few numbers that summarise this run (summary.json's headline)."""
     df = _ok(tables["results"])
+    if not len(df):
+        return {}  # no finished run: no number to headline
     med = df.groupby("params")[["train_acc", "test_acc"]].median()
     return {"params_min": int(df.params.min()), "params_max": int(df.params.max()),
             "test_acc_min": float(med.test_acc.min()), "test_acc_max": float(med.test_acc.max()),

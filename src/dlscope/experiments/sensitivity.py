@@ -321,7 +321,8 @@ def verdicts(cfg: Config, tables) -> list[stats.Verdict]:
         d = stats.compare(lo[col], hi[col])
         t = stats.trend(np.log2(ok.batch_size), ok[col])
         out.append(stats.Verdict(claim, src, pub, f"{col}: batch {b1} − batch {b0}: "
-                                 f"{d.text()}; over all batch sizes {t.text()}",
+                                 f"{_diff_text(d, b0, b1, lo, hi)}; over all batch sizes "
+                                 f"{t.text()}",
                                  stats.DIFFERENCE_RULE, stats.outcome_of_difference(d, +1)))
     t = stats.trend(ok.loss_gap, ok.sensitivity)
     ta = stats.trend(ok.acc_gap, ok.sensitivity)
@@ -335,7 +336,7 @@ def observations(cfg: Config, tables) -> list[str]:
     """What this run shows, in sentences for the report."""
     df = tables["results"]
     ok = _ok(df)
-    out = [(f"Matched training: {cfg.criterion_text()}; lr scaling {cfg.lr_scaling}; "
+    out = [(f"Matched training: {cfg.criterion_text()}; {cfg.lr_scaling_text()}; "
            f"{int(df.reached.sum())} of {len(df)} models reached it. Numbers are medians "
            f"[95% t-intervals of the mean over seeds].")]
     why = pipeline_reason(df, cfg)
@@ -353,8 +354,16 @@ def observations(cfg: Config, tables) -> list[str]:
     b0, b1 = df.batch_size.min(), df.batch_size.max()
     lo, hi = ok[ok.batch_size == b0], ok[ok.batch_size == b1]
     for col, label in _metrics(cfg):
-        out.append(f"{label}, batch {b1} − batch {b0}: {stats.compare(lo[col], hi[col]).text()}.")
+        d = stats.compare(lo[col], hi[col])
+        out.append(f"{label}, batch {b1} − batch {b0}: {_diff_text(d, b0, b1, lo, hi)}.")
     return out
+
+
+def _diff_text(d: stats.Difference, b0, b1, lo: pd.DataFrame, hi: pd.DataFrame) -> str:
+    """`d.text()`, naming the batch size without a value: none of its models reached the
+    criterion (`lo`, `hi`: the models that reached it), or none has a finite value."""
+    why = "reached the criterion" if not (len(lo) and len(hi)) else "has a finite value"
+    return d.text(names=(f"batch {b0}", f"batch {b1}"), empty="no model of {} " + why)
 
 
 def headline(cfg: Config, tables) -> dict:

@@ -243,13 +243,18 @@ class Difference:
         """
         return {**asdict(self), "clear": self.clear}
 
-    def text(self, fmt: str = ".3g", scale: float = 1.0, unit: str = "") -> str:
+    def text(self, fmt: str = ".3g", scale: float = 1.0, unit: str = "", *,
+             names: tuple[str, str] | None = None, empty: str = "no finished run of {}"
+             ) -> str:
         """The difference in words, for a verdict's statistic or an observation.
 
         Args:
             fmt: Format spec of each number (written with a sign).
             scale: Factor applied to each number first (100 for percentage points).
             unit: Written after the difference.
+            names: What a and b are ("batch 64", "batch 1024"): a side without values is
+                then named in `empty`.
+            empty: Why a named side has no value, with {} for its name(s).
 
         Returns:
             'difference +d [+lo, +hi] (95%, p = p)', followed by ': no clear difference'
@@ -263,8 +268,14 @@ class Difference:
             'difference +100.00 pts (one seed on a side: no interval)'
             >>> compare([], [2.0, 3.0]).text()
             'no difference: no finished run on one side (0 vs 2 runs)'
+            >>> compare([1.0, 2.0], []).text(names=("batch 64", "batch 1024"),
+            ...                              empty="no model of {} reached the criterion")
+            'no difference: no model of batch 1024 reached the criterion'
         """
         if not math.isfinite(self.diff):
+            gone = [n for n, k in zip(names or (), (self.n_a, self.n_b)) if k == 0]
+            if gone:
+                return "no difference: " + empty.format(" or ".join(gone))
             return (f"no difference: no finished run on one side ({self.n_a} vs {self.n_b} "
                     "runs)")
         if not math.isfinite(self.lo):

@@ -362,14 +362,21 @@ def observations(cfg: Config, tables) -> list[str]:
                    "no final loss or accuracy to summarise.")
     else:
         out.append(f"After {int(res.epochs_run.max())} epochs, median [95% t-interval of the "
-                   f"mean] over {len(ok)} runs: train loss {stats.brief(ok.train_loss)}, train "
-                   f"accuracy {stats.brief(ok.train_acc, '.2f', 100)}% ({cfg.eval_subset}-image "
-                   f"subset), test accuracy {stats.brief(ok.test_acc, '.2f', 100)}% (min "
-                   f"{100 * ok.test_acc.min():.2f}%, max {100 * ok.test_acc.max():.2f}%).")
+                   f"mean] over {len(ok)} runs: train loss {_brief(ok.train_loss)}, train "
+                   f"accuracy {_brief(ok.train_acc, '.2f', 100, '%')} ({cfg.eval_subset}-image "
+                   f"subset), test accuracy {_brief(ok.test_acc, '.2f', 100, '%')}"
+                   + (f" (min {100 * ok.test_acc.min():.2f}%, max {100 * ok.test_acc.max():.2f}"
+                      "%)." if ok.test_acc.notna().any() else "."))
     bad = res[~res.status.isin(["ok", "converged"])]
     if len(bad):
         out.append(f"Runs not ok: {', '.join(f'{r.run} ({r.status})' for r in bad.itertuples())}.")
     return out
+
+
+def _brief(values, fmt: str = ".3g", scale: float = 1.0, unit: str = "") -> str:
+    """`stats.brief` followed by `unit`, or "no finite value"."""
+    text = stats.brief(values, fmt, scale, empty="")
+    return text + unit if text else "no finite value"
 
 
 def under_trained(cfg: Config) -> bool:

@@ -82,23 +82,25 @@ def fmt_seconds(s) -> str:
 
 
 def cell(text: str, numeric_ok: bool = True) -> tuple[str, bool]:
-    """(escaped HTML, is_number) for a raw CSV cell."""
+    """(escaped HTML, is_number) for a raw CSV cell; an empty cell of a numeric column (a NaN
+    or None the table wrote as nothing) shows "—", as a NaN does."""
     n = parse_number(text) if numeric_ok else None
     if n is not None:
         return esc(fmt_number(n)), True
     if text == "":
-        return "", False
+        return ("—", True) if numeric_ok else ("", False)
     if len(text) > MAX_CELL:
         return f'<span title="{esc(text)}">{esc(text[:MAX_CELL - 1])}…</span>', False
     return esc(text), False
 
 
 def _numeric_columns(rows: list[list], n: int) -> list[bool]:
-    """A column of raw strings is numeric when every non-empty cell parses as a number."""
+    """A column of raw strings is numeric when every non-empty cell parses as a number (a
+    column of empty cells too: values that could not be computed, shown as "—")."""
     out = []
     for j in range(n):
         cells = [r[j] for r in rows if j < len(r) and isinstance(r[j], str) and r[j].strip()]
-        out.append(bool(cells) and all(parse_number(c) is not None for c in cells))
+        out.append(all(parse_number(c) is not None for c in cells))
     return out
 
 

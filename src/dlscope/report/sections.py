@@ -4,6 +4,7 @@ data files. Failed and flagged runs go in visible boxes at the top, never hidden
 from __future__ import annotations
 
 import base64
+import math
 
 from dlscope.report.collect import Experiment
 from dlscope.report.fmt import esc, flatten, fmt_seconds, fmt_value, href, kv, table
@@ -187,6 +188,20 @@ def _num(v) -> str:
     return fmt_value(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else "—"
 
 
+def _method(iv: dict) -> str:
+    """What an interval is of; one without an interval (method "none") says why in words."""
+    method = str(iv.get("method", ""))
+    if method != "none":
+        return method
+    n = iv.get("n")
+    return ("no interval: no finished run with a value" if n == 0
+            else "no interval: one value")
+
+
+def _pct(rate) -> str:
+    return f"{100 * rate:.0f}%" if math.isfinite(rate) else "no runs"
+
+
 def _statistics(stats: dict) -> str:
     """summary.json["statistics"] as tables: intervals over seeds (median, 95% interval, n,
     method), failure counts and rates, comparisons (difference, interval, p) and trends
@@ -200,9 +215,9 @@ def _statistics(stats: dict) -> str:
                 other.append([key, fmt_value(v)])
             elif {"median", "lo", "hi", "n"} <= set(v):
                 ivs.append([key, _num(v["median"]), f"[{_num(v['lo'])}, {_num(v['hi'])}]",
-                            _num(v["n"]), str(v.get("method", ""))])
+                            _num(v["n"]), _method(v)])
             elif "runs" in v and any(str(x).endswith("_rate") for x in v):
-                parts = [f"{x}: {v[x]} ({100 * v[x + '_rate']:.0f}%)" for x in v
+                parts = [f"{x}: {v[x]} ({_pct(v[x + '_rate'])})" for x in v
                          if f"{x}_rate" in v and isinstance(v.get(f"{x}_rate"), (int, float))]
                 fails.append([key, _num(v["runs"]), "; ".join(parts)])
             elif {"diff", "lo", "hi", "p_value"} <= set(v):
