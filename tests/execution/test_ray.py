@@ -8,6 +8,10 @@ failed at once, one that keeps crashing after its retries; a driver interrupted 
 cancels what is in flight and resumes without recomputing finished runs; an address (or
 RAY_ADDRESS) connects, a dead one fails fast; impossible CPU requests and a missing extra
 are one clear error. The cluster is started once for the module and killed in its teardown.
+On the same cluster, an outside experiment's own dataset kind (registered at import) is built
+by the sweep's dataset cache, and a user model factory that only the driver's working folder
+holds (not the workers' sys.path) is imported on the workers through DLSCOPE_FACTORY_PATH;
+both give the local executor's numbers bit for bit.
 
 This module doubles as the experiment module of a test-only experiment, `ray-probe`
 (registered in experiments.REGISTRY by the tests that use it), whose runs behave as told.
@@ -107,7 +111,14 @@ def observations(cfg, tables) -> list[str]:
 # ----------------------------------------------------------------- fixtures and helpers
 
 @pytest.fixture(scope="module")
-def cluster():
+def plugin_dir(tmp_path_factory) -> Path:
+    """A folder on the cluster's PYTHONPATH (an "installed" package on every node), where
+    tests write outside experiment modules."""
+    return tmp_path_factory.mktemp("ray_plugins")
+
+
+@pytest.fixture(scope="module")
+def cluster(plugin_dir):
     """A head and one worker node (1 CPU, 100 MB object store each); this process drives it."""
     if ray is None:
         pytest.skip("ray is not installed")
@@ -121,7 +132,8 @@ def cluster():
         # (on a real cluster, dlscope and the experiment code are installed on every node)
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("PYTHONPATH", os.pathsep.join(
-                [str(Path(__file__).parent)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+                [str(Path(__file__).parent), str(plugin_dir)]
+                + [p for p in [os.environ.get("PYTHONPATH")] if p]))
             c = Cluster(initialize_head=True, head_node_args={
                 "num_cpus": 1, "include_dashboard": False, "object_store_memory": 100 * MB})
             c.add_node(num_cpus=1, object_store_memory=100 * MB)
@@ -223,6 +235,175 @@ def test_sweep_spreads_over_nodes_and_matches_local(cluster, tmp_path, executors
         assert (tmp_path / "ray/function-fit" / f).read_bytes() == \
             (tmp_path / "local/function-fit" / f).read_bytes()
 
+
+# plugins and user factories: right after the first sweep, whose workers they reuse
+
+TOY_KIND = '''"""toy-kind: an outside experiment that brings its own dataset kind (test_ray.py)."""
+
+import pandas as pd
+import torch
+from pydantic import Field
+
+import dlscope.data
+from dlscope.contract.config import ExperimentConfig
+from dlscope.contract.runspec import RunResult, RunSpec
+
+NAME = "toy-kind"
+SECTION = "test"
+TITLE = "Toy: a plugin's own dataset kind"
+QUESTION = "Does a plugin's dataset kind build wherever its runs go?"
+DATA = {"kind": "toykind", "n": 48, "seed": 3}
+
+
+def build(device="cpu", n=48, seed=0):
+    """y = x @ w + noise, x in R^3: n training and n test points."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2 * n, 3, generator=g)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.1 * torch.randn(2 * n, 1, generator=g)
+    return dlscope.data.Dataset.from_tensors(x[:n], y[:n], x[n:], y[n:],
+                                             name="toykind").to(device)
+
+
+dlscope.data.register_kind("toykind", build)
+
+
+class Config(ExperimentConfig):
+    seeds: int = Field(4, ge=1, description="initializations")
+    steps: int = Field(40, ge=1, description="full-batch SGD steps")
+
+
+PROFILES = {"quick": {}}
+
+
+def runs(cfg):
+    return [RunSpec(NAME, f"seed={s}", __name__, {"seed": s, "steps": cfg.steps, "data": DATA},
+                    data=DATA) for s in range(cfg.seeds)]
+
+
+def run_one(p, ctx):
+    ds = ctx.dataset(p["data"])
+    torch.manual_seed(p["seed"])
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(),
+                              torch.nn.Linear(8, 1)).to(ctx.device)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    for _ in range(p["steps"]):
+        opt.zero_grad()
+        loss = ((net(ds.x_train) - ds.y_train) ** 2).mean()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        test = float(((net(ds.x_test) - ds.y_test) ** 2).mean())
+    return RunResult({"status": "ok", "seed": p["seed"], "train_mse": loss.item(),
+                      "test_mse": test, "y_sum": float(ds.y_train.sum())})
+
+
+def analyze(cfg, results):
+    return {"results": pd.DataFrame([{"key": s.key, **r.values} for s, r in results])}
+
+
+def figures(cfg, tables):
+    return {}
+
+
+def observations(cfg, tables):
+    return []
+'''
+
+FACTORY = '''from torch import nn
+
+
+def mlp(size=16, input_shape=(1, 28, 28), n_classes=10):
+    d = 1
+    for s in input_shape:
+        d *= s
+    return nn.Sequential(nn.Flatten(), nn.Linear(d, size), nn.Tanh(), nn.Linear(size, n_classes))
+'''
+
+
+def _on_both_nodes(ex) -> None:
+    nodes = {p["node_id"] for p in ex.placements}
+    assert len(nodes) >= 2, ex.placements
+    assert nodes <= {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert all(p["pid"] != os.getpid() for p in ex.placements)  # none in the driver
+
+
+@needs_ray
+def test_plugin_dataset_kind_is_built_on_ray(cluster, plugin_dir, tmp_path, monkeypatch,
+                                              executors, keep_threads):
+    """The kind exists only once the plugin module is imported: the dataset cache actor (a
+    process of its own) imports it before building, so every run finishes on Ray."""
+    from dlscope.data import kinds
+
+    (plugin_dir / "toy_kind_exp.py").write_text(TOY_KIND)
+    monkeypatch.syspath_prepend(str(plugin_dir))
+    monkeypatch.delitem(sys.modules, "toy_kind_exp", raising=False)
+    monkeypatch.setitem(kinds.KINDS, "toykind", None)  # undone: the kind leaves with the test
+    monkeypatch.setitem(experiments.REGISTRY, "toy-kind", "toy_kind_exp")
+    import toy_kind_exp
+
+    kw = {"profile": "quick", "threads": 1, "progress": False}
+    on_ray = dlscope.run(toy_kind_exp, out=tmp_path / "ray", executor="ray", **kw)
+    local = dlscope.run(toy_kind_exp, out=tmp_path / "local", executor="local", **kw)
+
+    ex = executors[0]
+    assert ex.name == "ray" and on_ray.summary["failed"] == []
+    assert on_ray.summary["computed"] == 4
+    assert sorted(p["key"] for p in ex.placements) == [f"seed={s}" for s in range(4)]
+    _on_both_nodes(ex)
+    [toy] = [v for k, v in ex.shared_datasets.items() if '"kind":"toykind"' in k]
+    assert toy["builds"] == 1 and 1 <= toy["requests"] <= 4, ex.shared_datasets
+    expected = float(toy_kind_exp.build(n=48, seed=3).y_train.sum())  # built here, directly
+    assert (on_ray.tables["results"].y_sum == expected).all()
+    pd.testing.assert_frame_equal(on_ray.tables["results"], local.tables["results"],
+                                  check_exact=True)
+    assert on_ray.tables["results"].test_mse.nunique() == 4  # four different fits
+
+
+@ray.remote(num_cpus=1) if ray is not None else (lambda f: f)
+def _import_probe(name: str) -> dict:
+    import importlib.util
+
+    from dlscope.models import FACTORY_PATH_ENV
+
+    os.environ.pop(FACTORY_PATH_ENV, None)  # as a fresh worker has it
+    return {"cwd": os.getcwd(), "found": importlib.util.find_spec(name) is not None,
+            "node_id": ray.get_runtime_context().get_node_id()}
+
+
+@needs_ray
+def test_user_factory_in_the_drivers_folder_runs_on_ray(cluster, tmp_path, monkeypatch,
+                                                         executors, keep_threads):
+    """`py:mynets:mlp` lives only in the driver's working folder: the workers start elsewhere
+    and cannot import it by themselves, DLSCOPE_FACTORY_PATH (the driver's folder, passed to
+    each task) is what finds it."""
+    import numpy as np
+
+    (tmp_path / "mynets.py").write_text(FACTORY)
+    g = np.random.default_rng(0)
+    np.savez(tmp_path / "mine.npz",
+             x_train=g.integers(0, 256, (120, 1, 8, 8), dtype=np.uint8),
+             y_train=g.integers(0, 4, 120),
+             x_test=g.integers(0, 256, (40, 1, 8, 8), dtype=np.uint8),
+             y_test=g.integers(0, 4, 40))
+    monkeypatch.chdir(tmp_path)  # not on sys.path: the runner finds it via the working folder
+    monkeypatch.delitem(sys.modules, "mynets", raising=False)
+
+    probes = ray.get([_import_probe.remote("mynets") for _ in range(4)])
+    assert not any(p["found"] for p in probes), probes  # a plain `import mynets` fails there
+    assert all(Path(p["cwd"]).resolve() != tmp_path.resolve() for p in probes), probes
+
+    kw = {"profile": "quick", "threads": 1, "progress": False, "data": "npz:mine.npz",
+          "model": "py:mynets:mlp", "widths": [2, 8], "train_subset": 0, "epochs": 1}
+    on_ray = dlscope.run("param-count", out=tmp_path / "ray", executor="ray", **kw)
+    local = dlscope.run("param-count", out=tmp_path / "local", executor="local", **kw)
+
+    ex = executors[0]
+    assert ex.name == "ray" and on_ray.summary["failed"] == []
+    assert on_ray.summary["computed"] == len(ex.placements) == len(on_ray.tables["results"])
+    _on_both_nodes(ex)
+    a, b = (r.tables["results"].drop(columns=["wall_s"], errors="ignore") for r in (on_ray, local))
+    assert sorted(set(a.params)) == [65 * 2 + 3 * 4, 65 * 8 + 9 * 4]  # 64 inputs, 4 classes
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
 
 
 @needs_ray
