@@ -65,6 +65,8 @@ def project(tmp_path, monkeypatch):
              y_test=g.integers(0, 4, 40))
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
+    # another test's mynets.py (another folder) may be imported in this process already
+    monkeypatch.delitem(sys.modules, "mynets", raising=False)
     return tmp_path
 
 
