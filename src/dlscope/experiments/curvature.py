@@ -30,13 +30,10 @@ from dlscope.contract.config import ExperimentConfig
 from dlscope.contract.runspec import RunResult, RunSpec
 from dlscope.experiments import stats
 from dlscope.experiments.inputs import (
-    DATA_HELP,
     MODEL_HELP,
-    Data,
+    ImageInputs,
     Model,
     build_model,
-    check_data,
-    check_model,
     setup,
     tag,
 )
@@ -59,22 +56,11 @@ PUBLISHED = ("qualitative: bulk near 0, outliers (about one per class) far above
 BAND, MASS_MIN, RATIO_MIN = 0.01, 0.9, 10.0
 
 
-class Config(ExperimentConfig):
+class Config(ExperimentConfig, ImageInputs):
     """Settings of the curvature experiment; defaults: the assignment profile."""
     seeds: int = Field(3, ge=1, description="seeds 0..n-1 (init, batch order and subset)")
     train_subset: int = Field(4000, ge=64, description="training images (seeded subset)")
     model: Model = Field(MODEL, description=MODEL_HELP + "; no dropout or BatchNorm")
-    data: Data = Field("mnist", description=DATA_HELP)
-
-    @field_validator("model")
-    @classmethod
-    def _model(cls, v: Model) -> Model:
-        return check_model(v)
-
-    @field_validator("data")
-    @classmethod
-    def _data(cls, v: Data) -> Data:
-        return check_data(v)
     epochs: int = Field(6, ge=1, description="Adam epochs")
     batch: int = Field(64, ge=1, description="mini-batch size")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate")

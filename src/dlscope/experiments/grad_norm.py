@@ -33,12 +33,10 @@ from dlscope.data.functions import check_target
 from dlscope.errors import UserError
 from dlscope.experiments import stats
 from dlscope.experiments.inputs import (
-    DATA_HELP,
     MODEL_HELP,
-    Data,
+    ImageData,
     Model,
     build_model,
-    check_data,
     check_model,
     setup,
     tag,
@@ -52,7 +50,7 @@ QUESTION = ("How do the training loss and the L2 norm of the full parameter grad
             "over the iterations, on a 1-D function fit and on MNIST?")
 
 
-class Config(ExperimentConfig):
+class Config(ExperimentConfig, ImageData):
     """Settings of the grad-norm experiment; defaults: the assignment profile."""
     tasks: list[Literal["function", "mnist"]] = Field(["function", "mnist"], min_length=1,
                                                       description="which trainings to record")
@@ -64,7 +62,6 @@ class Config(ExperimentConfig):
     function_batch: int | None = Field(None, ge=1, description="None: full batch")
     function_lr: float = Field(1e-3, gt=0, description="Adam learning rate (function)")
     mnist_model: Model = Field("cnn-c", description="model of the image task: " + MODEL_HELP)
-    data: Data = Field("mnist", description="the image task's " + DATA_HELP)
     mnist_epochs: int = Field(3, ge=1, description="MNIST epochs")
     mnist_batch: int = Field(100, ge=1, description="MNIST mini-batch size")
     mnist_lr: float = Field(1e-3, gt=0, description="Adam learning rate (MNIST)")
@@ -104,11 +101,6 @@ class Config(ExperimentConfig):
     @classmethod
     def _image_model(cls, v: Model) -> Model:
         return check_model(v)  # its sizes are checked against the data by `runs`
-
-    @field_validator("data")
-    @classmethod
-    def _data(cls, v: Data) -> Data:
-        return check_data(v)
 
 
 PROFILES = {"quick": {"function_epochs": 1500, "mnist_epochs": 2, "train_subset": 10000,

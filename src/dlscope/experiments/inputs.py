@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from pydantic import BaseModel, Field, field_validator
 
 from dlscope import data as datalib
 from dlscope import models
@@ -95,6 +96,28 @@ def check_data(data: Data) -> Data:
         if data.strip() == "mnist" or (sep and kind in ("cifar10", "npz") and path.strip()):
             return data
     raise ValueError(f"data {data!r}: one of mnist, cifar10:PATH, npz:FILE")
+
+
+class ImageData(BaseModel):
+    """Config mixin of the image experiments: the `data` key (its form checked here, the
+    files read by `setup`)."""
+    data: Data = Field("mnist", description=DATA_HELP)
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, v: Data) -> Data:
+        return check_data(v)
+
+
+class ImageInputs(ImageData):
+    """`ImageData` plus a `model` of any form (`check_model`); an experiment may redeclare the
+    field with its own default, the check still applies."""
+    model: Model = Field("mlp:784-128-64-10", description=MODEL_HELP)
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: Model) -> Model:
+        return check_model(v)
 
 
 @dataclass(frozen=True)

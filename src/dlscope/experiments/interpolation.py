@@ -46,13 +46,8 @@ from dlscope.experiments.flatness_common import (
     train_matched,
 )
 from dlscope.experiments.inputs import (
-    DATA_HELP,
-    MODEL_HELP,
-    Data,
-    Model,
+    ImageInputs,
     build_model,
-    check_data,
-    check_model,
     setup,
     tag,
 )
@@ -67,10 +62,8 @@ QUESTION = ("Along the line between two models trained to the same criterion wit
             "batch sizes (or learning rates), and around each of them, how does the loss change?")
 
 
-class Config(MatchedConfig):
+class Config(MatchedConfig, ImageInputs):
     """Settings of the interpolation experiment; defaults: the assignment profile."""
-    model: Model = Field("mlp:784-128-64-10", description=MODEL_HELP)
-    data: Data = Field("mnist", description=DATA_HELP)
     batch_pair: list[int] = Field([64, 1024], min_length=2, max_length=2,
                                   description="batch sizes of the batch pair (lr = lr)")
     lr_pair: list[float] = Field([1e-3, 1e-2], min_length=2, max_length=2,
@@ -84,16 +77,6 @@ class Config(MatchedConfig):
     alpha_max: float = Field(2.0, description="last α")
     curve_points: int = Field(21, ge=3, description="t values of each filter-normalized curve")
     curve_range: float = Field(1.0, gt=0, description="the curves span t ∈ [−range, range]")
-
-    @field_validator("model")
-    @classmethod
-    def _model(cls, v: Model) -> Model:
-        return check_model(v)
-
-    @field_validator("data")
-    @classmethod
-    def _data(cls, v: Data) -> Data:
-        return check_data(v)
 
     @field_validator("lr_pair", "batch_pair")
     @classmethod

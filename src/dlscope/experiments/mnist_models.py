@@ -41,11 +41,9 @@ from dlscope.contract.runspec import RunResult, RunSpec
 from dlscope.errors import UserError
 from dlscope.experiments import stats
 from dlscope.experiments.inputs import (
-    DATA_HELP,
-    Data,
+    ImageData,
     Model,
     build_model,
-    check_data,
     check_model,
     describe_data,
     tag,
@@ -75,7 +73,7 @@ def _family_spec(fc: int, target: int, shape: tuple[int, ...] = (1, 28, 28),
                                  n_classes=n_classes)
 
 
-class Config(ExperimentConfig):
+class Config(ExperimentConfig, ImageData):
     """Settings of the mnist-models experiment; defaults: the assignment profile."""
     family: Literal["equal-params", "reports"] = Field(
         "equal-params", description="equal-params: same size, 1/2/4 hidden fc layers; "
@@ -86,7 +84,6 @@ class Config(ExperimentConfig):
     models: list[Model] | None = Field(None, min_length=1, description=(
         "explicit models (replace the family): built-in specs, or factories py:module:function; "
         "a factory with a `size` argument is sized to target_params"))
-    data: Data = Field("mnist", description=DATA_HELP)
     seeds: int = Field(3, ge=1, description="seeds per model (init and batch order)")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate")
     batch_size: int = Field(100, ge=1, description="mini-batch size")
@@ -109,11 +106,6 @@ class Config(ExperimentConfig):
         if len({str(n) for n in names}) != len(names):
             raise ValueError(f"a model is named twice in {names}")
         return names
-
-    @field_validator("data")
-    @classmethod
-    def _data(cls, v: Data) -> Data:
-        return check_data(v)
 
     @field_validator("fc_layers")
     @classmethod

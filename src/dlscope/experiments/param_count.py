@@ -43,11 +43,9 @@ from dlscope.experiments.common import (
     train_and_evaluate,
 )
 from dlscope.experiments.inputs import (
-    DATA_HELP,
-    Data,
+    ImageData,
     Model,
     build_model,
-    check_data,
     check_model,
     is_factory,
     setup,
@@ -62,7 +60,7 @@ QUESTION = ("How do training and test loss and accuracy change with the number o
             "of models of the same structure?")
 
 
-class Config(ExperimentConfig):
+class Config(ExperimentConfig, ImageData):
     """Settings of the param-count experiment; defaults: the assignment profile."""
     widths: list[Annotated[int, Field(ge=1)]] = Field(
         [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024], min_length=2,
@@ -78,7 +76,6 @@ class Config(ExperimentConfig):
     model: Model | None = Field(None, description="a factory py:module:function with a `size` "
                                 "argument, called with each width (default: MLPs of `depth` "
                                 "hidden layers of that width)")
-    data: Data = Field("mnist", description=DATA_HELP)
 
     @field_validator("model")
     @classmethod
@@ -87,11 +84,6 @@ class Config(ExperimentConfig):
             raise ValueError(f"model {v!r}: param-count takes a factory with a size argument "
                              "(py:module:function); built-in MLPs are set by widths and depth")
         return v
-
-    @field_validator("data")
-    @classmethod
-    def _data(cls, v: Data) -> Data:
-        return check_data(v)
 
 
 PROFILES = {"quick": {"widths": [2, 32, 256], "train_subset": 1000, "epochs": 3, "seeds": 2}}

@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from dlscope import models
 from dlscope.contract.config import ExperimentConfig
@@ -45,13 +45,10 @@ from dlscope.experiments.common import (
     setting_statistics,
 )
 from dlscope.experiments.inputs import (
-    DATA_HELP,
     MODEL_HELP,
-    Data,
+    ImageInputs,
     Model,
     build_model,
-    check_data,
-    check_model,
     setup,
     tag,
 )
@@ -67,10 +64,9 @@ QUESTION = ("Can a network memorize training images (MNIST by default) whose lab
 THRESHOLDS = (0.5, 0.9, 0.95)
 
 
-class Config(ExperimentConfig):
+class Config(ExperimentConfig, ImageInputs):
     """Settings of the random-labels experiment; defaults: the assignment profile."""
     model: Model = Field("mlp:784-512x3-10", description=MODEL_HELP)
-    data: Data = Field("mnist", description=DATA_HELP)
     label_noise: float = Field(1.0, ge=0.0, le=1.0,
                                description="fraction of training labels made uniformly random")
     train_subset: int = Field(10000, ge=0,
@@ -82,16 +78,6 @@ class Config(ExperimentConfig):
     decay: float = Field(0.1, gt=0, le=1, description="lr factor after decay_epoch")
     seeds: int = Field(3, ge=1, description="trainings (init and batch order seeds)")
     seed: int = Field(0, ge=0, description="seed of the labels and subset; first init seed")
-
-    @field_validator("model")
-    @classmethod
-    def _model(cls, v: Model) -> Model:
-        return check_model(v)
-
-    @field_validator("data")
-    @classmethod
-    def _data(cls, v: Data) -> Data:
-        return check_data(v)
 
 
 PROFILES = {"quick": {"model": "mlp:784-256-10", "train_subset": 1000, "epochs": 4,

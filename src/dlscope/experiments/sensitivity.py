@@ -46,13 +46,8 @@ from dlscope.experiments.flatness_common import (
     train_matched,
 )
 from dlscope.experiments.inputs import (
-    DATA_HELP,
-    MODEL_HELP,
-    Data,
-    Model,
+    ImageInputs,
     build_model,
-    check_data,
-    check_model,
     setup,
     tag,
 )
@@ -67,10 +62,8 @@ QUESTION = ("At matched training, how do sharpness, input sensitivity and the ge
             "gap of a network change with the batch size it was trained with?")
 
 
-class Config(MatchedConfig):
+class Config(MatchedConfig, ImageInputs):
     """Settings of the sensitivity experiment; defaults: the assignment profile."""
-    model: Model = Field("mlp:784-128-64-10", description=MODEL_HELP)
-    data: Data = Field("mnist", description=DATA_HELP)
     batch_sizes: list[int] = Field([16, 64, 256, 1024, 4096], min_length=2,
                                    description="batch sizes (one model per batch size and seed)")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate at lr_base_batch")
@@ -81,16 +74,6 @@ class Config(MatchedConfig):
     sharpness_iter: int = Field(10, ge=1, description="L-BFGS-B iterations of the sharpness")
     sharpness_points: int = Field(2048, ge=1, le=60000, description=(
         "fixed seeded training subset for ε-sharpness and λmax (≤ training images)"))
-
-    @field_validator("model")
-    @classmethod
-    def _model(cls, v: Model) -> Model:
-        return check_model(v)
-
-    @field_validator("data")
-    @classmethod
-    def _data(cls, v: Data) -> Data:
-        return check_data(v)
 
     @field_validator("batch_sizes")
     @classmethod

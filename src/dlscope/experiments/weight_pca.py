@@ -36,11 +36,9 @@ from dlscope.contract.config import ExperimentConfig
 from dlscope.contract.runspec import RunResult, RunSpec
 from dlscope.experiments import stats
 from dlscope.experiments.inputs import (
-    DATA_HELP,
-    Data,
+    ImageData,
     Model,
     build_model,
-    check_data,
     check_model,
     is_factory,
     setup,
@@ -66,7 +64,7 @@ LI_SOURCE = "Li et al. 2018 (arXiv:1712.09913)"
 LI_RANGE = (0.40, 0.90)
 
 
-class Config(ExperimentConfig):
+class Config(ExperimentConfig, ImageData):
     """Settings of the weight-pca experiment; defaults: the assignment profile."""
     seeds: int = Field(8, ge=1, description="independent trainings (fresh init and seed each); "
                        "`runs` is accepted as an alias")
@@ -74,7 +72,6 @@ class Config(ExperimentConfig):
     every: int = Field(1, ge=1, description="collect parameters every k epochs (and epoch 0)")
     model: Model = Field("mlp-pca", description="an MLP spec (sizes adapt to the data) or a "
                          "factory py:module:function; layer 1 is its first Linear/Conv layer")
-    data: Data = Field("mnist", description=DATA_HELP)
     lr: float = Field(1e-3, gt=0, description="Adam learning rate")
     batch_size: int = Field(64, ge=1, description="mini-batch size")
     train_subset: int | None = Field(None, ge=1, description="train on n images")
@@ -104,11 +101,6 @@ class Config(ExperimentConfig):
         if not is_factory(v) and not isinstance(models.parse_model(v), models.MLPSpec):
             raise ValueError(f"{v!r} is not an MLP (or a factory py:module:function)")
         return v
-
-    @field_validator("data")
-    @classmethod
-    def _data(cls, v: Data) -> Data:
-        return check_data(v)
 
     @model_validator(mode="after")
     def _snapshots(self):
