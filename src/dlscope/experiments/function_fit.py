@@ -33,7 +33,7 @@ from dlscope.contract.runspec import RunResult, RunSpec
 from dlscope.errors import UserError
 from dlscope.experiments import stats
 from dlscope.experiments.common import ensemble_ok, seeds_of, setting_statistics, slugs
-from dlscope.experiments.inputs import Model, check_model, is_factory
+from dlscope.experiments.inputs import Model, check_factory
 from dlscope.models.factory import factory_accepts
 from dlscope.train.engine import TrainConfig, seeded_model, train
 
@@ -78,10 +78,7 @@ class Config(ExperimentConfig):
     @field_validator("model")
     @classmethod
     def _factory(cls, v: Model | None) -> Model | None:
-        if v is not None and not is_factory(check_model(v)):
-            raise ValueError(f"model {v!r}: function-fit takes a factory py:module:function "
-                             "with depth and size arguments; built-in MLPs follow depths")
-        return v
+        return check_factory(v, "depth and size arguments (built-in MLPs follow depths)")
 
     @field_validator("functions")
     @classmethod

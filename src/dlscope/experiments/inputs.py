@@ -76,6 +76,23 @@ def check_model(model: Model) -> Model:
     return model
 
 
+def check_factory(model: Model | None, needs: str) -> Model | None:
+    """A config's optional `model` that must be a factory (family experiments size it
+    themselves); ValueError saying what it `needs` otherwise.
+
+    Example:
+        >>> check_factory(None, "a size argument") is None
+        True
+        >>> check_factory("mlp:784-10", "a size argument")
+        Traceback (most recent call last):
+        ...
+        ValueError: model 'mlp:784-10': a factory py:module:function with a size argument
+    """
+    if model is not None and not is_factory(check_model(model)):
+        raise ValueError(f"model {model!r}: a factory py:module:function with {needs}")
+    return model
+
+
 def check_data(data: Data) -> Data:
     """The form of a config's `data`, for a field validator (the files are not read here).
 
@@ -176,17 +193,6 @@ def setup(model: Model, data: Data, options: dict, experiment: str,
     return Setup(spec, full, info)
 
 
-def sized_model(model: Model, target: int, info: datalib.DataInfo, **fixed):
-    """A factory with a `size` argument brought to `target` parameters (within 1%), the
-    other keyword arguments in `fixed`; a built-in spec is returned as parsed."""
-    spec = models.parse_model(model)
-    if not isinstance(spec, models.FactorySpec):
-        return spec
-    if fixed:
-        spec = spec.model_copy(update={"kwargs": {**spec.kwargs, **fixed}})
-    return models.sized(spec, target, input_shape=info.input_shape, n_classes=info.n_classes)
-
-
 def tag(info: datalib.DataInfo) -> str:
     """How tables and verdicts name the data: "MNIST", "CIFAR-10" (verified copies only), or
     the kind followed by "(other data)".
@@ -202,13 +208,8 @@ def tag(info: datalib.DataInfo) -> str:
     return f"{info.name} (other data)"
 
 
-def image_shape(ds) -> tuple[int, ...]:
-    """The shape one example had before any flattening (what a factory is told)."""
-    return tuple(ds.input_shape)
-
-
 def build_model(p: dict, ds, seed: int, device) -> torch.nn.Module:
     """The run's model (`p["model"]`, a spec's JSON), initialised from `seed`, on `device`."""
     spec = models.parse_model(p["model"])
-    return seeded_model(lambda: models.build(spec, image_shape(ds), ds.n_classes),
+    return seeded_model(lambda: models.build(spec, tuple(ds.input_shape), ds.n_classes),
                         seed).to(device)

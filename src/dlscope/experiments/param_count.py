@@ -46,8 +46,7 @@ from dlscope.experiments.inputs import (
     ImageData,
     Model,
     build_model,
-    check_model,
-    is_factory,
+    check_factory,
     setup,
     tag,
 )
@@ -80,10 +79,7 @@ class Config(ExperimentConfig, ImageData):
     @field_validator("model")
     @classmethod
     def _model(cls, v: Model | None) -> Model | None:
-        if v is not None and not is_factory(check_model(v)):
-            raise ValueError(f"model {v!r}: param-count takes a factory with a size argument "
-                             "(py:module:function); built-in MLPs are set by widths and depth")
-        return v
+        return check_factory(v, "a size argument (built-in MLPs are set by widths and depth)")
 
 
 PROFILES = {"quick": {"widths": [2, 32, 256], "train_subset": 1000, "epochs": 3, "seeds": 2}}
