@@ -125,11 +125,13 @@ def function_data(function: str, n_train: int, seed: int) -> dict:
 
 
 def _closed_form(spec) -> dict:
-    """One hidden ReLU layer: trained with the closed-form step (`train.onehidden`, float
-    tolerance of the generic one, ~1.6x faster a step), recorded in the run's parameters."""
+    """One hidden ReLU layer: trained with the closed-form step (`train.onehidden`: by the
+    units' breakpoints, the seeds of a function together; float tolerance of the generic
+    step), recorded in the run's parameters."""
     if not isinstance(spec, models.MLPSpec):
         return {}
-    return {"closed_form": True} if len(spec.hidden) == 1 and spec.activation == "relu" else {}
+    one = len(spec.hidden) == 1 and spec.activation == "relu"
+    return {"closed_form": "breakpoints"} if one else {}
 
 
 def runs(cfg: Config) -> list[RunSpec]:
@@ -179,24 +181,26 @@ def _finish(p: dict, model, res, grid, init_pred, device) -> RunResult:
 def run_one(p: dict, ctx) -> RunResult:
     ds, model, grid, init_pred = _prepare(p, ctx)
     res = train(model, ds, TrainConfig(**p["train"]), seed=p["seed"],
-                closed_form=p.get("closed_form", False))
+                closed_form=bool(p.get("closed_form")))
     return _finish(p, model, res, grid, init_pred, ctx.device)
 
 
 def run_many(ps: list[dict], ctx) -> list[RunResult]:
     """Same-shape seeds trained together as one stacked ensemble (each member equals its solo
-    run to float tolerance, tests/test_ensemble.py); one by one where the net is no plain MLP
-    or wider than ENSEMBLE_MAX_WIDTH, or trained with the closed-form step."""
+    run to float tolerance, tests/test_ensemble.py; bit for bit with the closed-form step);
+    one by one where the net is no plain MLP, or wider than ENSEMBLE_MAX_WIDTH without the
+    closed-form step."""
     from dlscope.train.ensemble import train_ensemble
 
     prep = [_prepare(p, ctx) for p in ps]
     nets = [m for _, m, _, _ in prep]
     spec = models.parse_model(ps[0]["model"])
+    closed = bool(ps[0].get("closed_form"))
     wide = not isinstance(spec, models.MLPSpec) or max(spec.hidden) > ENSEMBLE_MAX_WIDTH
-    if wide or ps[0].get("closed_form") or not ensemble_ok(nets):
+    if (wide and not closed) or not ensemble_ok(nets):
         return [run_one(p, ctx) for p in ps]
     results = train_ensemble(nets, prep[0][0], [TrainConfig(**p["train"]) for p in ps],
-                             [p["seed"] for p in ps])
+                             [p["seed"] for p in ps], closed_form=closed)
     return [_finish(p, m, r, g, i0, ctx.device)
             for p, (_, m, g, i0), r in zip(ps, prep, results)]
 

@@ -79,7 +79,7 @@ def train_ensemble(members: Sequence[nn.Module | models.MLPSpec | str | dict], d
                    on_epoch: Sequence[OnEpoch | None] | OnEpoch | None = None,
                    record_grad_norm: bool = False,
                    progress: Callable[[int], None] | None = None,
-                   group_cnns: bool = False) -> EnsembleResults:
+                   group_cnns: bool = False, closed_form: bool = False) -> EnsembleResults:
     """Train N members of one architecture; member e's result equals `engine.train(members[e],
     data, cfgs[e], seeds[e], ...)` (to float tolerance when stacked, else exactly).
 
@@ -96,6 +96,8 @@ def train_ensemble(members: Sequence[nn.Module | models.MLPSpec | str | dict], d
         progress: called with the epoch number after every epoch of the loop.
         group_cnns: step same-shape CNN members as one grouped network (`train.grouped`; equal
             to their solo runs to float tolerance; off by default, see docs/PERFORMANCE.md).
+        closed_form: ``1 -> H -> 1`` ReLU MLPs under MSE take `onehidden.OneHiddenStep`
+            (as `engine.train(closed_form=True)`; each member equals that solo run bit for bit).
 
     Returns:
         The `EnsembleResults`: per-member `TrainResult`s (each `wall_s` the member's share of
@@ -136,7 +138,8 @@ def train_ensemble(members: Sequence[nn.Module | models.MLPSpec | str | dict], d
         raise ValueError(f"ensemble members must share a batch size, got {sorted(sizes)}")
     bs = sizes.pop()
     steps = choose_step(nets, data.n_classes is not None, x,
-                        [c.optimizer_settings() for c in cfgs], group_cnns=group_cnns)
+                        [c.optimizer_settings() for c in cfgs], group_cnns=group_cnns,
+                        closed_form=closed_form)
     results: list[TrainResult] = []
     for step in steps:  # one stacked step for all members, or one step per member
         part = slice(len(results), len(results) + step.size)

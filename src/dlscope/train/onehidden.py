@@ -1,21 +1,29 @@
-"""A closed-form training step for the one-input, one-output, one-hidden-layer ReLU MLP under
-MSE (function-fit's wide shallow nets, ``1 -> H -> 1``).
+"""A closed-form training step for E one-input, one-output, one-hidden-layer ReLU MLPs under
+MSE at once (function-fit's wide shallow nets, ``1 -> H -> 1``), by their breakpoints.
 
-The generic fast step (`steps.MLPStep`) runs about a dozen kernels over ``[N, H]`` for such a
-net, several of them shapes MKL handles badly (a K=1 GEMM for the outer product, a GEMM with
-one output column), so a 1-183-1 step on 1,000 points costs ~0.55-0.65 ms for ~60 µs of
-arithmetic (docs/PERFORMANCE.md). For a scalar input x and ReLU hidden units,
-``h = relu(x w1 + b1) = (x w1 + b1) * m`` with ``m = [x w1 + b1 > 0]``, so with ``g = dL/dy``
-every gradient is a combination of two masked sums ``S_gx = mᵀ (g x)`` and ``S_g = mᵀ g``:
+For a scalar input, hidden unit j is active on one side of its breakpoint ``t_j = -b_j/w_j``:
+on the points above it when ``w_j > 0``, below it when ``w_j < 0`` (everywhere or nowhere when
+``w_j = 0``). With the points sorted, each unit's active points are one contiguous range
+``[lo_j, hi_j)`` (one `searchsorted` call finds them), so
 
-    dL/dw1 = w2 * S_gx,   dL/db1 = w2 * S_g,   dL/dw2 = w1 * S_gx + b1 * S_g,   dL/db2 = Σ g
+    y_hat_i = c + x_i * sum_{j active at i} a_j w_j + sum_{j active at i} a_j b_j
 
-Both sums come from one ``[2, N] x [N, H]`` GEMM over the mask, so a step is four passes over
-``[N, H]`` (outer product plus bias, ReLU, the output GEMV, the mask and its GEMM) and a few
-``[H]``-sized ops, then the fused Adam/SGD kernel (`optim.FusedOptimizer`). The sums run in
-another order than autograd's: the same numbers to float tolerance, not bit for bit
-(tests/train/test_onehidden.py), so it is opt-in (`choose_step(..., closed_form=True)`), and
-the experiments that take it record so in their run parameters.
+is two cumulative sums of a difference array (each unit adds its coefficient at lo_j and
+takes it away at hi_j), and with ``g = dL/dy_hat`` every gradient is a range sum of the
+prefix sums ``P_g`` and ``P_gx`` of ``g`` and ``g * x``:
+
+    S_g = P_g[hi] - P_g[lo],  S_gx = P_gx[hi] - P_gx[lo]
+    dL/dw_j = a_j S_gx,  dL/db_j = a_j S_g,  dL/da_j = w_j S_gx + b_j S_g,  dL/dc = sum g
+
+A step is O(N + H log N) per member instead of the O(N H) of a dense one, in about forty
+kernels on ``[E, N]`` and ``[E, H]`` tensors, whatever E; the sums run in float64. The
+members are stacked (`stacked.StackedMLP`) and updated by the fused Adam/SGD kernel
+(`optim.MemberOptimizers`), so member e computes what it computes alone, bit for bit, and what
+autograd computes to float tolerance, not bit for bit (the sums run in another order, and a
+point within rounding of a breakpoint may fall on the other side of it:
+tests/train/test_onehidden.py). It is opt-in (`choose_step(..., closed_form=True)`), and the
+experiments that take it record so in their run parameters. Measured against the dense step
+it replaced: docs/PERFORMANCE.md.
 """
 
 from __future__ import annotations
@@ -25,10 +33,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from dlscope.train.evaluation import evaluate, grad_norm
 from dlscope.train.fastpath import mlp_chain
 from dlscope.train.optim import FusedOptimizer
-from dlscope.train.threads import step_threads
+from dlscope.train.stacked import StackedMLPStep
 
 
 def applies(model: nn.Module, classification: bool, x: torch.Tensor) -> bool:
@@ -62,16 +69,17 @@ def applies(model: nn.Module, classification: bool, x: torch.Tensor) -> bool:
             and params[0].dtype == x.dtype and FusedOptimizer.supports(params))
 
 
-class OneHiddenStep:
-    """The closed-form step of a ``1 -> H -> 1`` ReLU MLP under MSE (see the module
-    docstring); gradients land in the parameters' preallocated `.grad`.
+class OneHiddenStep(StackedMLPStep):
+    """The breakpoint step of E ``1 -> H -> 1`` ReLU MLPs under MSE (see the module docstring);
+    the rest of the `steps.Step` interface (update, keep, evaluate, module) is
+    `StackedMLPStep`'s.
 
     Args:
-        model: a model `applies` accepts, trained in place.
-        optimizer: the optimizer settings (`TrainConfig.optimizer_settings()`).
+        members: models `applies` accepts, one shape, trained in place.
+        optimizers: each member's optimizer settings (`TrainConfig.optimizer_settings()`).
 
     Returns:
-        The step (the loop's `steps.Step` interface).
+        The step.
 
     Example:
         >>> torch.manual_seed(0) is not None
@@ -81,74 +89,92 @@ class OneHiddenStep:
         >>> _ = ref.load_state_dict(net.state_dict())
         >>> x = torch.linspace(-1, 1, 50)[:, None]
         >>> y = x.sin()
-        >>> step, loss = OneHiddenStep(net, dict(kind="sgd", lr=0.1)), torch.empty(1)
+        >>> step, loss = OneHiddenStep([net], [dict(kind="sgd", lr=0.1)]), torch.empty(1)
         >>> step.forward_backward(x[None], y[None], loss, None)
         >>> torch.nn.functional.mse_loss(ref(x), y).backward()
-        >>> torch.allclose(net[0].weight.grad, ref[0].weight.grad, atol=1e-6)
+        >>> torch.allclose(step.gW[0][0], ref[0].weight.grad, atol=1e-6)
         True
-        >>> torch.allclose(net[2].weight.grad, ref[2].weight.grad, atol=1e-6)
+        >>> torch.allclose(step.gW[1][0], ref[2].weight.grad, atol=1e-6)
         True
     """
 
-    size = 1
-    autograd = False
+    def __init__(self, members: Sequence[nn.Module], optimizers: Sequence[dict]):
+        for m in members:
+            if mlp_chain(m) is None or len(list(m.parameters())) != 4:
+                raise ValueError("OneHiddenStep takes plain 1 -> H -> 1 ReLU MLPs (see applies)")
+        super().__init__(members, False, optimizers)
+        self._sorted: tuple | None = None
 
-    def __init__(self, model: nn.Module, optimizer: dict):
-        if mlp_chain(model) is None or len(list(model.parameters())) != 4:
-            raise ValueError("OneHiddenStep takes a plain 1 -> H -> 1 ReLU MLP (see applies)")
-        self.model = model
-        model.train()
-        self.params = list(model.parameters())  # w1 [H, 1], b1 [H], w2 [1, H], b2 [1]
-        for p in self.params:
-            p.grad = torch.empty_like(p)
-        self.grads = [p.grad for p in self.params]
-        self.w1, self.b1, self.w2, self.b2 = (p.detach() for p in self.params)
-        self.opt = FusedOptimizer(self.params, **optimizer)
-        self.sums = torch.empty(0, dtype=self.w1.dtype)
+    def _sort(self, xb: torch.Tensor, yb: torch.Tensor):
+        """The batch's points in ascending x, float64: ``xs``, ``ys`` ``[E, N]`` (sorted once
+        and kept while every member has the same batch, as in full-batch training)."""
+        shared = xb.stride(0) == 0 and yb.stride(0) == 0
+        if shared:
+            key = (xb.data_ptr(), xb.shape, xb._version, yb.data_ptr(), yb._version)
+            if self._sorted is not None and self._sorted[0] == key:
+                return self._sorted[1]
+        x, y = xb[..., 0].double(), yb[..., 0].double()
+        if shared:
+            xs, order = x[0].sort()
+            xs, ys = xs.expand_as(x).contiguous(), y[0, order].expand_as(y).contiguous()
+            self._sorted = (key, (xs, ys))
+        else:
+            xs, order = x.sort(dim=1)
+            ys = y.gather(1, order)
+        return xs, ys
 
     def forward_backward(self, xb: torch.Tensor, yb: torch.Tensor, loss_out: torch.Tensor,
                          pred_out: torch.Tensor | None) -> None:
-        """MSE loss of the batch into `loss_out` and the four gradients into `.grad`."""
-        x, y = xb[0], yb[0]  # [N, 1]
-        n = x.shape[0]
-        h = torch.addcmul(self.b1, x, self.w1.mT).relu_()  # [N, H]
-        d = torch.addmm(self.b2, h, self.w2.mT).sub_(y)  # y_hat - y, [N, 1]
-        torch.mean(d.square(), 0, out=loss_out)
-        g = d.mul_(2.0 / n)[:, 0]  # dL/dy_hat
-        if self.sums.shape != (2, n):
-            self.sums = torch.empty(2, n, dtype=g.dtype, device=g.device)
-        torch.mul(g, x[:, 0], out=self.sums[0])
-        self.sums[1].copy_(g)
-        s_gx, s_g = torch.mm(self.sums, h.sign_())  # masked sums [H] each (h >= 0: sign = m)
-        gw1, gb1, gw2, gb2 = self.grads
-        w2 = self.w2[0]
-        torch.mul(s_gx, w2, out=gw1[:, 0])
-        torch.mul(s_g, w2, out=gb1)
-        torch.addcmul(self.w1[:, 0] * s_gx, self.b1, s_g, out=gw2[0])
-        torch.sum(g, 0, keepdim=True, out=gb2)
+        """Each member's MSE into `loss_out` and its gradients into the stacked `.gW`/`.gb`."""
+        W, b = self.stacked.W, self.stacked.b
+        xs, ys = self._sort(xb, yb)
+        E, n = xs.shape
+        w, bias, a = W[0][:, :, 0].double(), b[0].double(), W[1][:, 0, :].double()
+        lo, hi = _active_ranges(xs, w, bias)
+        coef = torch.stack((a * w, a * bias), 1)  # [E, 2, H]: slope and intercept per unit
+        diff = xs.new_zeros(E, 2, n + 1)
+        diff.scatter_add_(2, lo.unsqueeze(1).expand_as(coef), coef)
+        diff.scatter_add_(2, hi.unsqueeze(1).expand_as(coef), coef.neg())
+        slope, icpt = diff[:, :, :n].cumsum_(2).unbind(1)
+        d = slope.mul_(xs).add_(icpt).add_(b[1].double()).sub_(ys)  # y_hat - y, [E, N]
+        loss_out.copy_(d.square().mean(1))
+        g = d.mul_(2.0 / n)
+        prefix = xs.new_zeros(E, 2, n + 1)
+        torch.cumsum(g, 1, out=prefix[:, 0, 1:])
+        torch.cumsum(g * xs, 1, out=prefix[:, 1, 1:])
+        s_g, s_gx = (prefix.gather(2, hi.unsqueeze(1).expand(E, 2, -1))
+                     - prefix.gather(2, lo.unsqueeze(1).expand(E, 2, -1))).unbind(1)
+        self.gW[0][:, :, 0].copy_(a * s_gx)
+        self.gb[0].copy_(a * s_g)
+        self.gW[1][:, 0, :].copy_(torch.addcmul(w * s_gx, bias, s_g))
+        self.gb[1][:, 0].copy_(g.sum(1))
 
-    def update(self) -> None:
-        """The optimizer step."""
-        self.opt.step(self.grads)
 
-    def grad_norms(self) -> torch.Tensor:
-        """The full-gradient L2 norm."""
-        return grad_norm(self.model)
+def _active_ranges(xs: torch.Tensor, w: torch.Tensor,
+                   b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each unit's active points ``[lo, hi)`` in the sorted ``xs`` ``[E, N]``: those with
+    ``w x + b > 0``, at or above the breakpoint ``t = -b / w`` for ``w > 0``, below it for
+    ``w < 0``, all or none for ``w = 0`` (as ``b > 0``). A point exactly at ``t`` (where
+    ``w x + b`` is zero up to the rounding of ``t``) counts as above it: one binary search a
+    unit, not two.
 
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list, list]:
-        """(loss, None) over a whole set, in eval mode."""
-        loss, acc = evaluate(self.model, x, y, False)
-        return [loss], [acc]
+    Args:
+        xs: each member's points, ascending, ``[E, N]``, contiguous.
+        w, b: the hidden layer's weights and biases ``[E, H]``.
 
-    def module(self, j: int) -> nn.Module:
-        """The model (member 0)."""
-        return self.model
+    Returns:
+        ``lo``, ``hi``: int64 ``[E, H]``.
 
-    def keep(self, positions: Sequence[int]) -> None:
-        """A one-model step keeps member 0 only."""
-        if list(positions) != [0]:
-            raise ValueError(f"a one-model step keeps member 0, not {list(positions)}")
-
-    def threads(self, batch_size: int) -> int | None:
-        """One thread for a small step (`threads.step_threads`)."""
-        return step_threads([self.w1, self.w2], batch_size)
+    Example:
+        >>> xs = torch.tensor([[-1.0, 0.0, 1.0, 2.0]])
+        >>> lo, hi = _active_ranges(xs, torch.tensor([[1.0, -1.0, 0.0, 0.0]]),
+        ...                         torch.tensor([[-0.5, 0.5, 1.0, -1.0]]))
+        >>> lo.tolist(), hi.tolist()  # x > 0.5; x < 0.5; all; none
+        ([[2, 0, 0, 0]], [[4, 2, 4, 0]])
+    """
+    n = xs.shape[1]
+    t = (-b / w).nan_to_num_(posinf=torch.inf, neginf=-torch.inf)  # w = 0: handled below
+    k = torch.searchsorted(xs, t)  # the points below t
+    lo = torch.where(w > 0, k, 0)
+    hi = torch.where(w > 0, n, torch.where(w < 0, k, torch.where(b > 0, n, 0)))
+    return lo, hi

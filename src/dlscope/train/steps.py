@@ -307,9 +307,10 @@ def choose_step(members: Sequence[nn.Module], classification: bool, x: torch.Ten
             (the reference path).
         compile: `AutogradStep` with `torch.compile`.
         group_cnns: same-shape CNNs as one `grouped.GroupedCNNStep`.
-        closed_form: a member that `onehidden.applies` to (a ``1 -> H -> 1`` ReLU MLP under
-            MSE) trains alone with `onehidden.OneHiddenStep` (float tolerance, not bit for
-            bit, of `MLPStep`; opt-in).
+        closed_form: members that `onehidden.applies` to (``1 -> H -> 1`` ReLU MLPs under
+            MSE) train together with `onehidden.OneHiddenStep`, by their breakpoints (float
+            tolerance, not bit for bit, of `MLPStep`; each member bit for bit as alone;
+            opt-in).
 
     Returns:
         The steps, covering the members in their order.
@@ -323,8 +324,9 @@ def choose_step(members: Sequence[nn.Module], classification: bool, x: torch.Ten
         ['AutogradStep', 'AutogradStep']
     """
     if (fast and not compile and closed_form
-            and all(applies(m, classification, x) for m in members)):
-        return [OneHiddenStep(m, settings) for m, settings in zip(members, optimizers)]
+            and all(applies(m, classification, x) for m in members)
+            and len({m[0].weight.shape for m in members}) == 1):
+        return [OneHiddenStep(members, optimizers)]
     if fast and not compile and len(members) > 1 and stackable(members, x):
         return [StackedMLPStep(members, classification, optimizers)]
     if fast and not compile and group_cnns and groupable(members, x):
