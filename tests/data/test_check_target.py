@@ -3,28 +3,15 @@ exit 2, no results folder, before any run starts (and fast: the parser computes 
 
 from __future__ import annotations
 
-import sys
 import time
 
 import numpy as np
 import pytest
+from helpers import cli
 
 import dlscope
 from dlscope.data.functions import check_target, evaluate
 from dlscope.errors import UserError
-
-
-def _cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    from dlscope.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["dlscope", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize("spec, where", [("expr:9**9**9", "x=-1"), ("expr:1/x", "x=0"),
@@ -53,7 +40,7 @@ def test_finite_targets_pass_and_huge_powers_are_fast():
     ("function-fit", "functions", '["sinc", "expr:log(x)"]')])
 def test_cli_refuses_in_one_line_without_a_results_folder(monkeypatch, capsys, tmp_path, exp,
                                                          key, spec):
-    code, out, err = _cli(monkeypatch, capsys, "run", exp, "--profile", "quick", "--set",
+    code, out, err = cli(monkeypatch, capsys, "run", exp, "--profile", "quick", "--set",
                           f"{key}={spec}", "--out", str(tmp_path / "o"))
     assert code == 2 and err.count("\n") == 1 and "not finite on [-1, 1]" in err, err
     assert not (tmp_path / "o").exists()

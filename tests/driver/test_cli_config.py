@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import cli
 
 from dlscope import experiments
 from dlscope.contract import config
@@ -16,20 +17,6 @@ def dlscope(*args, cwd=None):
     """The real console entry point in a fresh interpreter."""
     return subprocess.run([sys.executable, "-m", "dlscope.cli", *args], capture_output=True,
                           text=True, cwd=cwd, timeout=120)
-
-
-def cli(monkeypatch, capsys, *args):
-    """`dlscope.cli.main` in this process: (exit code, stdout, stderr)."""
-    from dlscope.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["dlscope", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_profiles_and_overrides_are_typed():

@@ -20,28 +20,20 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import contract_example
 
 import dlscope
 from dlscope.driver.result import NotLoaded
 from dlscope.errors import UserError
 from dlscope.experiments import registry
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "CONTRACT.md"
 EXP = "toy-width"
-
-
-def example_source() -> str:
-    """The code block after `<!-- example: toy_width.py -->` in docs/CONTRACT.md."""
-    text = DOC.read_text(encoding="utf-8")
-    after = text[text.index("<!-- example: toy_width.py -->"):]
-    start = after.index("```python\n") + len("```python\n")
-    return after[start:after.index("\n```", start) + 1]
 
 
 def evil_source(marker: Path) -> str:
     """The toy experiment, plus a side effect at import: it writes `marker`."""
     future = "from __future__ import annotations\n"
-    src = example_source()
+    src = contract_example()
     assert future in src
     return src.replace(future, f"{future}import pathlib\n"
                        f"pathlib.Path({str(marker)!r}).write_text('imported')\n", 1)
@@ -64,7 +56,7 @@ def _restore(state) -> None:
 def toy_out(tmp_path_factory) -> Path:
     """An OUT folder holding one finished quick run of the toy experiment."""
     root = tmp_path_factory.mktemp("toy")
-    (root / "toy_width.py").write_text(example_source(), encoding="utf-8")
+    (root / "toy_width.py").write_text(contract_example(), encoding="utf-8")
     state, old_env = _registry_state(), os.environ.pop("DLSCOPE_PLUGINS", None)
     sys.path.insert(0, str(root))
     try:

@@ -376,15 +376,10 @@ def test_user_factory_in_the_drivers_folder_runs_on_ray(cluster, tmp_path, monke
     """`py:mynets:mlp` lives only in the driver's working folder: the workers start elsewhere
     and cannot import it by themselves, DLSCOPE_FACTORY_PATH (the driver's folder, passed to
     each task) is what finds it."""
-    import numpy as np
+    from helpers import write_user_npz  # here: Ray workers import this module, not tests/
 
     (tmp_path / "mynets.py").write_text(FACTORY)
-    g = np.random.default_rng(0)
-    np.savez(tmp_path / "mine.npz",
-             x_train=g.integers(0, 256, (120, 1, 8, 8), dtype=np.uint8),
-             y_train=g.integers(0, 4, 120),
-             x_test=g.integers(0, 256, (40, 1, 8, 8), dtype=np.uint8),
-             y_test=g.integers(0, 4, 40))
+    write_user_npz(tmp_path / "mine.npz")
     monkeypatch.chdir(tmp_path)  # not on sys.path: the runner finds it via the working folder
     monkeypatch.delitem(sys.modules, "mynets", raising=False)
 

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import contract_example
 
 import dlscope
 from dlscope import experiments
@@ -27,17 +28,8 @@ from dlscope.errors import UserError
 from dlscope.experiments import registry
 from dlscope.report import build_report
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "CONTRACT.md"
 MODULE = "toy_width"
 NAME = "toy-width"
-
-
-def example_source() -> str:
-    """The code block after `<!-- example: toy_width.py -->` in docs/CONTRACT.md."""
-    text = DOC.read_text(encoding="utf-8")
-    after = text[text.index("<!-- example: toy_width.py -->"):]
-    start = after.index("```python\n") + len("```python\n")
-    return after[start:after.index("\n```", start) + 1]
 
 
 @pytest.fixture
@@ -59,7 +51,7 @@ def plugin_dir(tmp_path, monkeypatch, clean_registry) -> Path:
     sys.path of spawned workers); the module is forgotten afterwards."""
     d = tmp_path / "plugins"
     d.mkdir()
-    (d / f"{MODULE}.py").write_text(example_source(), encoding="utf-8")
+    (d / f"{MODULE}.py").write_text(contract_example(), encoding="utf-8")
     monkeypatch.syspath_prepend(str(d))
     monkeypatch.delitem(sys.modules, MODULE, raising=False)
     monkeypatch.delenv("DLSCOPE_PLUGINS", raising=False)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import write_user_npz
 
 import dlscope
 from dlscope.errors import UserError
@@ -57,12 +58,7 @@ def with_dropout(input_shape=(1, 28, 28), n_classes=10):
 def project(tmp_path, monkeypatch):
     """A user's folder: mynets.py and mine.npz; the working directory is that folder."""
     (tmp_path / "mynets.py").write_text(FACTORY)
-    g = np.random.default_rng(0)
-    np.savez(tmp_path / "mine.npz",
-             x_train=g.integers(0, 256, (120, 1, 8, 8), dtype=np.uint8),
-             y_train=g.integers(0, 4, 120),
-             x_test=g.integers(0, 256, (40, 1, 8, 8), dtype=np.uint8),
-             y_test=g.integers(0, 4, 40))
+    write_user_npz(tmp_path / "mine.npz")
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     # another test's mynets.py (another folder) may be imported in this process already

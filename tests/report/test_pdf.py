@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import cli
 
 from dlscope.report import build_report
 from dlscope.report.pdf import PdfFailed, write_pdf
@@ -40,20 +41,6 @@ def pdf(report):
     if CHROMIUM is None:
         pytest.skip("no `chromium` binary on PATH (Debian: apt-get install -y chromium)")
     return write_pdf(report[1])
-
-
-def cli(monkeypatch, capsys, *args):
-    """`dlscope.cli.main` in this process: (exit code, stdout, stderr)."""
-    from dlscope.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["dlscope", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def poppler(tool: str) -> str:

@@ -50,6 +50,7 @@ from dlscope.experiments.inputs import (
 )
 from dlscope.models.factory import factory_accepts
 from dlscope.train.engine import TrainConfig, evaluate, train
+from dlscope.train.evaluation import CNN_EVAL_BATCH
 
 NAME = "mnist-models"
 SECTION = "1-1"
@@ -60,7 +61,6 @@ METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
 RUNNING = ("train_loss_running", "train_acc_running")
 FAMILIES = {"reports": ("cnn-a", "cnn-b", "cnn-c")}  # the reports' CNNs: size, not depth
 DEPTH_NAMES = {1: "shallow", 2: "medium", 4: "deep"}
-EVAL_BATCH = 500  # a CNN's eval on 1 CPU thread: ~45% less time than at 8192 (measured)
 SAMPLE_SEED = 20240  # the generator of the train-evaluation sample (offset by the data seed)
 PUBLISHED = "98.6-99.2% test accuracy after 10 epochs (Adam 1e-3, batch 100)"
 SOURCE = "public results for such CNNs (the course's reports; SCIENCE.md §1)"
@@ -218,14 +218,14 @@ def run_one(p: dict, ctx) -> RunResult:
         if epoch == 0:  # the engine's own evaluation of the whole training set
             full[epoch] = (metrics["train_loss"], metrics["train_acc"])
         elif epoch == cfg.epochs:
-            full[epoch] = evaluate(m, ds.x_train, ds.y_train, True, batch_size=EVAL_BATCH)
+            full[epoch] = evaluate(m, ds.x_train, ds.y_train, True, batch_size=CNN_EVAL_BATCH)
         else:
-            full[epoch] = evaluate(m, x_eval, y_eval, True, batch_size=EVAL_BATCH)
+            full[epoch] = evaluate(m, x_eval, y_eval, True, batch_size=CNN_EVAL_BATCH)
 
     res = train(model, ds, cfg, seed=p["seed"], on_epoch=on_epoch)
     last = res.epochs_run
     if idx is not None and 0 < last < cfg.epochs and last in full:  # stopped early
-        full[last] = evaluate(model, ds.x_train, ds.y_train, True, batch_size=EVAL_BATCH)
+        full[last] = evaluate(model, ds.x_train, ds.y_train, True, batch_size=CNN_EVAL_BATCH)
     h = res.history
     arr = lambda vals: np.array([np.nan if v is None else v for v in vals], dtype=np.float64)
     epochs = np.asarray(h["epoch"], dtype=np.int64)

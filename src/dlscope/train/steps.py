@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from dlscope.train import cnnfast
-from dlscope.train.evaluation import evaluate, grad_norm, loss_function
+from dlscope.train.evaluation import CNN_EVAL_BATCH, evaluate, grad_norm, loss_function
 from dlscope.train.fastpath import loss_and_grad, mlp_backward, mlp_chain, mlp_forward
 from dlscope.train.grouped import GroupedCNNStep, groupable
 from dlscope.train.onehidden import OneHiddenStep, applies
@@ -93,13 +93,6 @@ class Step(Protocol):
     def threads(self, batch_size: int) -> int | None:
         """The intra-op threads the loop runs this step on (`threads.step_threads`; None:
         the caller's setting)."""
-
-
-# Evaluation rows per forward pass of a CNN trained channels-last on the CPU: mnist-models'
-# 25k-parameter CNN evaluated 10,000 images in 0.30 s at 100-1000 rows and 0.41 s at the
-# default 8,192 (whose activations leave the caches), one thread, 2026-12-05; the per-image
-# logits are bit for bit the same at every batch size (docs/PERFORMANCE.md).
-CNN_EVAL_BATCH = 500
 
 
 class _OneModel:
